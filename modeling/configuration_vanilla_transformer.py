@@ -1,0 +1,125 @@
+"""Configuration of the encoder-decoder Transformer (Vaswani et al. 2017, "Attention Is All You Need").
+
+Defaults are the paper's base model: d_model 512, 6 + 6 layers, 8 heads, feed-forward 2048, dropout 0.1,
+post-LN, sinusoidal positions, one shared source/target vocabulary tied to the output projection.
+Field names follow `MarianConfig`, so Hugging Face users find what they expect.
+"""
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+POSITION_EMBEDDING_TYPES = ("sinusoidal", "learned")
+
+
+def check_attention_shape(hidden_size: int, num_heads: int, num_key_value_heads: int, what: str) -> None:
+    """Raise a ValueError that says what is wrong with a (hidden, heads, key/value heads) triple."""
+    if hidden_size <= 0 or num_heads <= 0 or num_key_value_heads <= 0:
+        raise ValueError(
+            f"{what}: hidden size ({hidden_size}), attention heads ({num_heads}) and key/value heads "
+            f"({num_key_value_heads}) must all be positive"
+        )
+    if hidden_size % num_heads:
+        raise ValueError(
+            f"{what}: hidden size {hidden_size} is not divisible by the number of attention heads {num_heads}; "
+            f"choose heads that divide it (e.g. {[h for h in (1, 2, 4, 8, 12, 16) if hidden_size % h == 0]})"
+        )
+    if num_heads % num_key_value_heads:
+        raise ValueError(
+            f"{what}: {num_heads} attention heads are not divisible by num_key_value_heads={num_key_value_heads}; "
+            "use a divisor of the head count (= heads: multi-head, 1: multi-query, in between: grouped-query)"
+        )
+
+
+def check_choice(name: str, value, choices) -> None:
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not supported; choose one of {list(choices)}")
+
+
+def check_probability(name: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ValueError(f"{name}={value} must be a probability in [0, 1)")
+
+
+class VanillaTransformerConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vocab_size: size of the joint source/target vocabulary.
+        d_model: width of the residual stream (the paper's d_model).
+        encoder_layers / decoder_layers: number of layers in each stack (the paper's N).
+        encoder_attention_heads / decoder_attention_heads: attention heads (the paper's h).
+        num_key_value_heads: key/value heads shared by groups of query heads; `None` (default) means one per
+            query head (multi-head attention, as in the paper), 1 gives multi-query attention, anything in
+            between grouped-query attention. Applies to every attention of both stacks.
+        encoder_ffn_dim / decoder_ffn_dim: inner size of the position-wise feed-forward network (the paper's d_ff).
+        activation_function: feed-forward non-linearity (`"relu"` as in the paper, or any name in
+            `transformers.activations.ACT2FN`).
+        dropout: dropout on each sublayer output and on the embedding sums (the paper's P_drop).
+        attention_dropout: dropout on the attention probabilities (0 in the paper).
+        activation_dropout: dropout after the feed-forward non-linearity (0 in the paper).
+        max_position_embeddings: longest sequence the model accepts.
+        position_embedding_type: `"sinusoidal"` (the paper's fixed table) or `"learned"`.
+        normalize_before: `False` is the paper's post-LN (`LayerNorm(x + Sublayer(x))`); `True` gives pre-LN
+            (`x + Sublayer(LayerNorm(x))`) with a final LayerNorm after each stack.
+        scale_embedding: multiply token embeddings by sqrt(d_model), as the paper does.
+        layer_norm_eps: epsilon of every LayerNorm.
+        lm_head_bias: give the output projection a bias (needed to carry Marian's `final_logits_bias`).
+        init_std: standard deviation of the embedding initialisation; `None` gives d_model**-0.5, which after
+            the sqrt(d_model) scaling gives unit-variance inputs.
+        tie_word_embeddings: share the embedding matrix with the pre-softmax projection (the paper does).
+    """
+
+    model_type = "vanilla_transformer"
+    keys_to_ignore_at_inference = ["past_key_values"]
+    attribute_map = {
+        "hidden_size": "d_model",
+        "num_attention_heads": "encoder_attention_heads",
+        "num_hidden_layers": "encoder_layers",
+    }
+
+    vocab_size: int = 37000
+    d_model: int = 512
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    encoder_attention_heads: int = 8
+    decoder_attention_heads: int = 8
+    num_key_value_heads: int | None = None
+    encoder_ffn_dim: int = 2048
+    decoder_ffn_dim: int = 2048
+    activation_function: str = "relu"
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    max_position_embeddings: int = 1024
+    position_embedding_type: str = "sinusoidal"
+    normalize_before: bool = False
+    scale_embedding: bool = True
+    layer_norm_eps: float = 1e-5
+    lm_head_bias: bool = False
+    init_std: float | None = None
+    use_cache: bool = True
+    is_encoder_decoder: bool = True
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+    bos_token_id: int | None = 1
+    eos_token_id: int | None = 2
+    decoder_start_token_id: int | None = 1
+
+    def __post_init__(self, **kwargs):
+        for side in ("encoder", "decoder"):
+            heads = getattr(self, f"{side}_attention_heads")
+            kv_heads = heads if self.num_key_value_heads is None else self.num_key_value_heads
+            check_attention_shape(self.d_model, heads, kv_heads, f"{side} attention")
+        check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        check_choice("activation_function", self.activation_function, sorted(ACT2FN))
+        for name in ("dropout", "attention_dropout", "activation_dropout"):
+            check_probability(name, getattr(self, name))
+        if self.position_embedding_type == "sinusoidal" and self.d_model % 2:
+            raise ValueError(f"sinusoidal positions need an even d_model (sin/cos pairs), got d_model={self.d_model}")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id", "decoder_start_token_id"):
+            token_id = getattr(self, name)
+            if token_id is not None and not 0 <= token_id < self.vocab_size:
+                raise ValueError(f"{name}={token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["VanillaTransformerConfig"]

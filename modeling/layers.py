@@ -1,0 +1,329 @@
+"""The parts both model families are built from: "Attention Is All You Need" (Vaswani et al. 2017), section 3.
+
+Shapes: B batch, T query length, S key/value length, D model width (d_model), H query heads,
+K key/value heads (H for multi-head, 1 for multi-query, in between for grouped-query), Dh head dim = D / H.
+
+The one mask convention: masks are built once per forward, at model level, by `transformers.masking_utils`,
+in the format the attention kernel wants: additive float (B, 1, T, S) with 0 = visible and dtype-min = hidden
+for eager, boolean (True = visible) or `None` (no padding: the kernel's `is_causal` flag decides) for sdpa,
+a BlockMask for flex. `output_attentions=True` runs the eager kernel, so models build eager masks then
+(`mask_config`).
+"""
+
+import copy
+from typing import NamedTuple
+
+import torch
+from torch import nn
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.cache_utils import EncoderDecoderCache
+from transformers.modeling_layers import GradientCheckpointingLayer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+
+def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
+    """(B, K, S, Dh) -> (B, K * groups, S, Dh): each key/value head serves `groups` query heads."""
+    if groups == 1:
+        return states
+    return states.repeat_interleave(groups, dim=1)
+
+
+def eager_attention_forward(module, query, key, value, attention_mask, scaling, dropout=0.0, **kernel_kwargs):
+    """softmax(Q Kᵀ / sqrt(d_k)) V, equation (1). The kernel interface passes flags (`is_causal`) that the
+    additive mask already encodes, hence `kernel_kwargs`."""
+    key = repeat_kv(key, module.num_key_value_groups)  # (B, H, S, Dh)
+    value = repeat_kv(value, module.num_key_value_groups)  # (B, H, S, Dh)
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling  # (B, H, T, S)
+    if attention_mask is not None:
+        scores = scores + attention_mask  # 0 where visible, dtype-min where hidden
+    weights = scores.softmax(dim=-1)
+    weights = nn.functional.dropout(weights, p=dropout, training=module.training)
+    output = torch.matmul(weights, value).transpose(1, 2).contiguous()  # (B, T, H, Dh)
+    return output, weights
+
+
+def mask_config(config, output_attentions: bool):
+    """The config to build masks with: returning attention weights runs the eager kernel, which needs eager masks."""
+    if output_attentions and config._attn_implementation != "eager":
+        config = copy.copy(config)
+        config._attn_implementation = "eager"
+    return config
+
+
+class MultiHeadAttention(nn.Module):
+    """Multi-head attention (section 3.2.2), one module for the three roles; the call site picks the role:
+
+        encoder self-attention:          attn(x, attention_mask=padding_mask)
+        masked decoder self-attention:   attn(y, attention_mask=causal_mask, is_causal=True, past_key_values=cache)
+        encoder-decoder cross-attention: attn(y, key_value_states=memory, attention_mask=memory_mask, past_key_values=cache)
+
+    `config` is read for one thing only, `config._attn_implementation` (eager / sdpa / flex / flash), which
+    `model.set_attn_implementation` may change after construction.
+    """
+
+    def __init__(self, hidden_size, num_heads, num_key_value_heads, dropout, config, layer_idx=None):
+        super().__init__()
+        self.head_dim = hidden_size // num_heads
+        self.num_key_value_groups = num_heads // num_key_value_heads  # read by the eager and sdpa kernels
+        self.scaling = self.head_dim**-0.5  # 1 / sqrt(d_k)
+        self.dropout = dropout
+        self.config = config
+        self.layer_idx = layer_idx  # which cache layer this attention reads and writes
+        # Kernels fall back to `module.is_causal` when they get no mask; only the call site knows the role.
+        self.is_causal = False
+        self.q_proj = nn.Linear(hidden_size, num_heads * self.head_dim)
+        self.k_proj = nn.Linear(hidden_size, num_key_value_heads * self.head_dim)
+        self.v_proj = nn.Linear(hidden_size, num_key_value_heads * self.head_dim)
+        self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        key_value_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past_key_values: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        batch, length, _ = hidden_states.shape
+        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+
+        is_cross_attention = key_value_states is not None
+        if is_cross_attention and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
+            # The encoder output does not change while decoding: its keys and values were projected at step one.
+            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+            key, value = cached.keys, cached.values  # (B, K, S, Dh)
+        else:
+            source = key_value_states if is_cross_attention else hidden_states
+            kv_shape = (batch, source.shape[1], -1, self.head_dim)
+            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
+            value = self.v_proj(source).view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
+            if past_key_values is not None and is_cross_attention:
+                key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
+                past_key_values.is_updated[self.layer_idx] = True
+            elif past_key_values is not None:
+                # Self-attention while decoding: append this step's keys/values, attend over all of them.
+                key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
+
+        if output_attentions:
+            attend = eager_attention_forward  # the one kernel that returns the weights
+        else:
+            attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        output, weights = attend(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.dropout if self.training else 0.0,
+            scaling=self.scaling,
+            is_causal=is_causal,
+        )
+        output = output.reshape(batch, length, -1)  # (B, T, H * Dh): the heads concatenated
+        return self.o_proj(output), weights
+
+
+class FeedForward(nn.Module):
+    """Position-wise feed-forward network (section 3.3): FFN(x) = max(0, x W1 + b1) W2 + b2 with ReLU."""
+
+    def __init__(self, hidden_size: int, ffn_dim: int, activation: str, activation_dropout: float):
+        super().__init__()
+        self.fc1 = nn.Linear(hidden_size, ffn_dim)
+        self.activation = ACT2FN[activation]
+        self.dropout = nn.Dropout(activation_dropout)  # not in the paper (0 by default); Marian/BART have it
+        self.fc2 = nn.Linear(ffn_dim, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.dropout(self.activation(self.fc1(hidden_states))))
+
+
+def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
+    """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+    position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
+    inv_timescale = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (D/2,)
+    table = torch.zeros(num_positions, dim, dtype=torch.float64)
+    table[:, 0::2] = torch.sin(position * inv_timescale)  # even dimensions
+    table[:, 1::2] = torch.cos(position * inv_timescale)  # odd dimensions
+    return table.float()
+
+
+class PositionEmbedding(nn.Module):
+    """Vectors for positions 0 .. num_positions-1: the paper's fixed sinusoids, or a learned table.
+
+    Both keep their table in `weight`; the sinusoidal one is a non-persistent buffer (recomputed, never saved).
+    """
+
+    def __init__(self, num_positions: int, dim: int, kind: str):
+        super().__init__()
+        self.kind = kind
+        self.num_positions = num_positions
+        if kind == "learned":
+            self.weight = nn.Parameter(torch.empty(num_positions, dim))
+        else:
+            self.register_buffer("weight", sinusoidal_table(num_positions, dim), persistent=False)
+
+    def forward(self, length: int, past_length: int | torch.Tensor = 0) -> torch.Tensor:
+        if isinstance(past_length, int) and past_length + length > self.num_positions:
+            raise ValueError(
+                f"sequence of {past_length + length} positions is longer than max_position_embeddings="
+                f"{self.num_positions}; truncate the input (tokenizer(..., truncation=True, max_length="
+                f"{self.num_positions})) or use a model built with a larger max_position_embeddings"
+            )
+        positions = torch.arange(length, device=self.weight.device) + past_length
+        return self.weight[positions]  # (T, D)
+
+    @torch.no_grad()
+    def reset_parameters(self, std: float) -> None:
+        if self.kind == "learned":
+            init.normal_(self.weight, mean=0.0, std=std)
+        else:
+            init.copy_(self.weight, sinusoidal_table(*self.weight.shape))
+
+
+def check_token_ids(input_ids: torch.Tensor | None, vocab_size: int, name: str = "input_ids") -> None:
+    """An id outside the embedding table gives an opaque index error (or a device assert): say what is wrong."""
+    if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+        return
+    low, high = int(input_ids.min()), int(input_ids.max())
+    if low < 0 or high >= vocab_size:
+        raise ValueError(
+            f"{name} contains token id {high if high >= vocab_size else low}, outside the vocabulary of "
+            f"{vocab_size} ids; the tokenizer does not match this model (check len(tokenizer) against "
+            "config.vocab_size), or -100 label padding was passed as input"
+        )
+
+
+class TransformerLayer(GradientCheckpointingLayer):
+    """An encoder layer (section 3.1): self-attention then feed-forward, each wrapped in Add & Norm.
+
+    With `cross_attention=True` it is a decoder layer: the same two sublayers with attention over the encoder
+    output in between; the caller makes its self-attention causal. Add & Norm is the paper's post-LN,
+    LayerNorm(x + Dropout(Sublayer(x))), or with `normalize_before` pre-LN, x + Dropout(Sublayer(LayerNorm(x))).
+    """
+
+    def __init__(
+        self,
+        hidden_size: int,
+        num_heads: int,
+        num_key_value_heads: int,
+        ffn_dim: int,
+        activation: str,
+        dropout: float,
+        attention_dropout: float,
+        activation_dropout: float,
+        layer_norm_eps: float,
+        normalize_before: bool,
+        cross_attention: bool,
+        config,
+        layer_idx: int | None = None,
+    ):
+        super().__init__()
+        self.normalize_before = normalize_before
+        attention = (hidden_size, num_heads, num_key_value_heads, attention_dropout, config, layer_idx)
+        self.self_attn = MultiHeadAttention(*attention)
+        self.self_attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.cross_attn = MultiHeadAttention(*attention) if cross_attention else None
+        self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if cross_attention else None
+        self.ffn = FeedForward(hidden_size, ffn_dim, activation, activation_dropout)
+        self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.dropout = nn.Dropout(dropout)  # residual dropout (section 5.4)
+
+    def _sublayer_input(self, x: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        return norm(x) if self.normalize_before else x
+
+    def _add_and_norm(self, x: torch.Tensor, sublayer_output: torch.Tensor, norm: nn.LayerNorm) -> torch.Tensor:
+        x = x + self.dropout(sublayer_output)
+        return x if self.normalize_before else norm(x)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,  # (B, T, D)
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,  # (B, S, D), decoder layers only
+        encoder_attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past_key_values: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        x = hidden_states
+        h, self_attn_weights = self.self_attn(
+            self._sublayer_input(x, self.self_attn_norm),
+            attention_mask=attention_mask,
+            is_causal=is_causal,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+        )
+        x = self._add_and_norm(x, h, self.self_attn_norm)
+
+        cross_attn_weights = None
+        if self.cross_attn is not None:
+            h, cross_attn_weights = self.cross_attn(
+                self._sublayer_input(x, self.cross_attn_norm),
+                key_value_states=encoder_hidden_states,
+                attention_mask=encoder_attention_mask,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            x = self._add_and_norm(x, h, self.cross_attn_norm)
+
+        h = self.ffn(self._sublayer_input(x, self.ffn_norm))
+        x = self._add_and_norm(x, h, self.ffn_norm)
+        return x, self_attn_weights, cross_attn_weights
+
+
+class StackOutput(NamedTuple):
+    last_hidden_state: torch.Tensor
+    hidden_states: tuple[torch.Tensor, ...] | None
+    attentions: tuple[torch.Tensor, ...] | None
+    cross_attentions: tuple[torch.Tensor, ...] | None
+
+
+class LayerStack(nn.Module):
+    """N identical layers; with pre-LN a final LayerNorm, since pre-LN layers leave their output unnormalised."""
+
+    def __init__(self, num_layers: int, normalize_before: bool, **layer_args):
+        super().__init__()
+        self.layers = nn.ModuleList(
+            TransformerLayer(normalize_before=normalize_before, layer_idx=i, **layer_args) for i in range(num_layers)
+        )
+        hidden_size, eps = layer_args["hidden_size"], layer_args["layer_norm_eps"]
+        self.final_norm = nn.LayerNorm(hidden_size, eps=eps) if normalize_before else None
+        self.gradient_checkpointing = False  # switched by PreTrainedModel.gradient_checkpointing_enable
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        encoder_hidden_states: torch.Tensor | None = None,
+        encoder_attention_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+        past_key_values: EncoderDecoderCache | None = None,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ) -> StackOutput:
+        all_hidden_states, self_attentions, cross_attentions = [], [], []
+        for layer in self.layers:
+            if output_hidden_states:
+                all_hidden_states.append(hidden_states)
+            hidden_states, self_attn_weights, cross_attn_weights = layer(
+                hidden_states,
+                attention_mask,
+                encoder_hidden_states,
+                encoder_attention_mask,
+                is_causal=is_causal,
+                past_key_values=past_key_values,
+                output_attentions=output_attentions,
+            )
+            self_attentions.append(self_attn_weights)
+            cross_attentions.append(cross_attn_weights)
+        if self.final_norm is not None:
+            hidden_states = self.final_norm(hidden_states)
+        if output_hidden_states:
+            all_hidden_states.append(hidden_states)
+        return StackOutput(
+            last_hidden_state=hidden_states,
+            hidden_states=tuple(all_hidden_states) if output_hidden_states else None,
+            attentions=tuple(self_attentions) if output_attentions else None,
+            cross_attentions=tuple(cross_attentions) if output_attentions and encoder_hidden_states is not None else None,
+        )

@@ -1,0 +1,411 @@
+"""The encoder-decoder Transformer of "Attention Is All You Need" (Vaswani et al. 2017) as a Hugging Face model.
+
+Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
+
+Where the decoder stops looking at the future: `TransformerDecoder.forward` builds the causal mask
+(`create_causal_mask`) and runs its layers with `is_causal=True`.
+"""
+
+import math
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import DynamicCache, EncoderDecoderCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+
+from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .layers import LayerStack, PositionEmbedding, check_token_ids, mask_config
+
+
+def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
+    """Teacher forcing: the decoder reads <start> y1 .. y_{T-1} and predicts y1 .. yT. -100 (ignored) -> pad."""
+    decoder_input_ids = labels.new_full(labels.shape, decoder_start_token_id)
+    decoder_input_ids[:, 1:] = labels[:, :-1]
+    return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
+
+
+def layer_args(config: VanillaTransformerConfig, side: str) -> dict:
+    """The per-layer numbers of one stack ("encoder" or "decoder"), read from the config in one place."""
+    heads = getattr(config, f"{side}_attention_heads")
+    return dict(
+        num_layers=getattr(config, f"{side}_layers"),
+        hidden_size=config.d_model,
+        num_heads=heads,
+        num_key_value_heads=config.num_key_value_heads or heads,
+        ffn_dim=getattr(config, f"{side}_ffn_dim"),
+        activation=config.activation_function,
+        dropout=config.dropout,
+        attention_dropout=config.attention_dropout,
+        activation_dropout=config.activation_dropout,
+        layer_norm_eps=config.layer_norm_eps,
+        normalize_before=config.normalize_before,
+        cross_attention=side == "decoder",
+        config=config,
+    )
+
+
+class VanillaTransformerPreTrainedModel(PreTrainedModel):
+    config_class = VanillaTransformerConfig
+    base_model_prefix = "model"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["TransformerLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = False  # the input checks read tensor values
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """Xavier-uniform linear layers (as torch.nn.Transformer), N(0, d_model**-0.5) embeddings, which the
+        sqrt(d_model) input scaling brings to unit variance (the paper does not specify its initialisation)."""
+        std = self.config.init_std or self.config.d_model**-0.5
+        if isinstance(module, nn.Linear):
+            init.xavier_uniform_(module.weight)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, PositionEmbedding):
+            module.reset_parameters(std)
+
+
+class TransformerEncoder(LayerStack):
+    """Token embeddings (the one shared source/target table) + positions, then N encoder layers."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(**layer_args(config, "encoder"))
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
+        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0  # section 3.4
+        self.embed_positions = PositionEmbedding(
+            config.max_position_embeddings, config.d_model, config.position_embedding_type
+        )
+        self.dropout = nn.Dropout(config.dropout)  # on the sums of embeddings and positions (section 5.4)
+
+    def embed(self, input_ids: torch.Tensor, name: str = "input_ids") -> torch.Tensor:
+        """Token embeddings times sqrt(d_model); the decoder reads the same table."""
+        check_token_ids(input_ids, self.config.vocab_size, name)
+        return self.embed_tokens(input_ids) * self.embed_scale
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S), 1 = token, 0 = padding
+        inputs_embeds: torch.Tensor | None = None,  # (B, S, D), already scaled
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+        return_dict: bool = True,
+    ) -> BaseModelOutput | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids)
+        hidden_states = self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1]))  # (B, S, D)
+        padding_mask = create_bidirectional_mask(
+            config=mask_config(self.config, output_attentions),
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+        )
+        stack = super().forward(
+            hidden_states,
+            attention_mask=padding_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        output = BaseModelOutput(
+            last_hidden_state=stack.last_hidden_state,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+        )
+        return output if return_dict else output.to_tuple()
+
+
+class TransformerDecoder(LayerStack):
+    """Positions, then N decoder layers: masked self-attention, cross-attention over the encoder output, FFN.
+
+    It takes token embeddings (`inputs_embeds`) rather than ids: there is one vocabulary table, the encoder's.
+    """
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(**layer_args(config, "decoder"))
+        self.config = config
+        self.embed_positions = PositionEmbedding(
+            config.max_position_embeddings, config.d_model, config.position_embedding_type
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(
+        self,
+        inputs_embeds: torch.Tensor,  # (B, T, D), already scaled
+        attention_mask: torch.Tensor | None = None,  # (B, past + T), 1 = token, 0 = padding
+        encoder_hidden_states: torch.Tensor | None = None,  # (B, S, D)
+        encoder_attention_mask: torch.Tensor | None = None,  # (B, S)
+        past_key_values: EncoderDecoderCache | None = None,
+        use_cache: bool = False,
+        output_attentions: bool = False,
+        output_hidden_states: bool = False,
+    ):
+        if use_cache and past_key_values is None:
+            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+            raise TypeError(
+                f"past_key_values must be an EncoderDecoderCache (self- and cross-attention), got "
+                f"{type(past_key_values).__name__}; let generate() build it, or pass "
+                "EncoderDecoderCache(DynamicCache(), DynamicCache())"
+            )
+        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1], past_length)
+        hidden_states = self.dropout(hidden_states)  # (B, T, D)
+
+        masks_for = mask_config(self.config, output_attentions)
+        # Position t may attend to positions <= t only: the decoder never sees the future (section 3.2.3).
+        causal_mask = create_causal_mask(
+            config=masks_for,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
+        )
+        memory_mask = create_bidirectional_mask(
+            config=masks_for,
+            inputs_embeds=inputs_embeds,
+            attention_mask=encoder_attention_mask,
+            encoder_hidden_states=encoder_hidden_states,
+        )
+        stack = super().forward(
+            hidden_states,
+            attention_mask=causal_mask,
+            encoder_hidden_states=encoder_hidden_states,
+            encoder_attention_mask=memory_mask,
+            is_causal=True,
+            past_key_values=past_key_values,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        return stack, past_key_values
+
+
+class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
+    """Encoder and decoder, without the output projection: returns the decoder's last hidden states."""
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.encoder = TransformerEncoder(config)
+        self.decoder = TransformerDecoder(config)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.encoder.embed_tokens = value
+
+    def get_encoder(self, modality: str | None = None) -> TransformerEncoder:
+        return self.encoder
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S)
+        decoder_input_ids: torch.Tensor | None = None,  # (B, T)
+        decoder_attention_mask: torch.Tensor | None = None,  # (B, T)
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> Seq2SeqModelOutput | tuple:
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_attentions = bool(output_attentions)
+        output_hidden_states = bool(output_hidden_states)
+        if encoder_outputs is None:
+            encoder_outputs = self.encoder(
+                input_ids=input_ids,
+                attention_mask=attention_mask,
+                inputs_embeds=inputs_embeds,
+                output_attentions=output_attentions,
+                output_hidden_states=output_hidden_states,
+            )
+        elif not isinstance(encoder_outputs, BaseModelOutput):
+            encoder_outputs = BaseModelOutput(*encoder_outputs)
+
+        if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
+            raise ValueError(
+                "pass exactly one of decoder_input_ids and decoder_inputs_embeds (or pass labels to "
+                "VanillaTransformerForConditionalGeneration, which shifts them right into decoder_input_ids)"
+            )
+        if decoder_inputs_embeds is None:
+            decoder_inputs_embeds = self.encoder.embed(decoder_input_ids, "decoder_input_ids")
+        decoder, past_key_values = self.decoder(
+            decoder_inputs_embeds,
+            attention_mask=decoder_attention_mask,
+            encoder_hidden_states=encoder_outputs.last_hidden_state,
+            encoder_attention_mask=attention_mask,
+            past_key_values=past_key_values,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        output = Seq2SeqModelOutput(
+            last_hidden_state=decoder.last_hidden_state,
+            past_key_values=past_key_values if use_cache else None,
+            decoder_hidden_states=decoder.hidden_states,
+            decoder_attentions=decoder.attentions,
+            cross_attentions=decoder.cross_attentions,
+            encoder_last_hidden_state=encoder_outputs.last_hidden_state,
+            encoder_hidden_states=encoder_outputs.hidden_states,
+            encoder_attentions=encoder_outputs.attentions,
+        )
+        return output if return_dict is None or return_dict else output.to_tuple()
+
+
+class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
+    """The Transformer with its pre-softmax projection, tied to the embeddings (section 3.4): for translation."""
+
+    _tied_weights_keys = {"lm_head.weight": "model.encoder.embed_tokens.weight"}
+    # forward reduces the loss over `num_items_in_batch` when Trainer passes it (gradient accumulation)
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: VanillaTransformerConfig):
+        super().__init__(config)
+        self.model = VanillaTransformerModel(config)
+        self.lm_head = nn.Linear(config.d_model, config.vocab_size, bias=config.lm_head_bias)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.encoder.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.model.encoder.embed_tokens = value
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head = value
+
+    def get_encoder(self, modality: str | None = None) -> TransformerEncoder:
+        return self.model.encoder
+
+    def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Used by DataCollatorForSeq2Seq(tokenizer, model=model) to build decoder inputs."""
+        return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, S)
+        attention_mask: torch.Tensor | None = None,  # (B, S)
+        decoder_input_ids: torch.Tensor | None = None,  # (B, T)
+        decoder_attention_mask: torch.Tensor | None = None,  # (B, T)
+        encoder_outputs: BaseModelOutput | tuple | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        decoder_inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,  # (B, T), -100 = ignored
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        label_smoothing: float = 0.0,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> Seq2SeqLMOutput | tuple:
+        if labels is not None:
+            self._check_labels(labels, input_ids, decoder_input_ids)
+            use_cache = False  # teacher forcing: the whole target in one parallel pass, nothing to cache
+            if decoder_input_ids is None and decoder_inputs_embeds is None:
+                decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+        outputs = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            decoder_input_ids=decoder_input_ids,
+            decoder_attention_mask=decoder_attention_mask,
+            encoder_outputs=encoder_outputs,
+            past_key_values=past_key_values,
+            inputs_embeds=inputs_embeds,
+            decoder_inputs_embeds=decoder_inputs_embeds,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
+        loss = None
+        if labels is not None:
+            loss = seq2seq_loss(logits, labels, label_smoothing, num_items_in_batch)
+        output = Seq2SeqLMOutput(
+            loss=loss,
+            logits=logits,
+            past_key_values=outputs.past_key_values,
+            decoder_hidden_states=outputs.decoder_hidden_states,
+            decoder_attentions=outputs.decoder_attentions,
+            cross_attentions=outputs.cross_attentions,
+            encoder_last_hidden_state=outputs.encoder_last_hidden_state,
+            encoder_hidden_states=outputs.encoder_hidden_states,
+            encoder_attentions=outputs.encoder_attentions,
+        )
+        return output if return_dict is None or return_dict else output.to_tuple()
+
+    def _check_labels(self, labels, input_ids, decoder_input_ids) -> None:
+        if labels.dim() != 2:
+            raise ValueError(
+                f"labels must be (batch, target_length) token ids, got shape {tuple(labels.shape)}; "
+                "tokenize targets with tokenizer(text_target=...) and pad them with -100"
+            )
+        if input_ids is not None and labels.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"labels hold {labels.shape[0]} sequences but input_ids hold {input_ids.shape[0]}: one target per source"
+            )
+        if decoder_input_ids is not None and decoder_input_ids.shape != labels.shape:
+            raise ValueError(
+                f"decoder_input_ids {tuple(decoder_input_ids.shape)} and labels {tuple(labels.shape)} must have the "
+                "same shape (labels[t] is the token predicted after reading decoder_input_ids[:t+1]); "
+                "pass labels alone and the model shifts them right"
+            )
+        if not torch.compiler.is_compiling():
+            valid = labels[labels != -100]
+            if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= self.config.vocab_size):
+                raise ValueError(
+                    f"labels contain ids outside the vocabulary of {self.config.vocab_size}; "
+                    "use -100 for positions to ignore"
+                )
+
+
+def seq2seq_loss(
+    logits: torch.Tensor,  # (B, T, V)
+    labels: torch.Tensor,  # (B, T)
+    label_smoothing: float = 0.0,
+    num_items_in_batch: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of each target token (no shift: the decoder input is already shifted), -100 ignored.
+
+    With `num_items_in_batch` (Trainer under gradient accumulation) the sum is divided by the token count
+    of the whole accumulated batch, so that accumulated steps equal one big step.
+    """
+    loss = nn.functional.cross_entropy(
+        logits.float().flatten(0, 1),
+        labels.flatten().to(logits.device),
+        ignore_index=-100,
+        reduction="sum" if num_items_in_batch is not None else "mean",
+        label_smoothing=label_smoothing,
+    )
+    if num_items_in_batch is not None:
+        loss = loss / num_items_in_batch
+    return loss
+
+
+__all__ = [
+    "VanillaTransformerPreTrainedModel",
+    "VanillaTransformerModel",
+    "VanillaTransformerForConditionalGeneration",
+    "shift_tokens_right",
+]

@@ -33,6 +33,7 @@ def run_without_package(code: str, cwd: str, timeout: int = 600) -> dict:
         [sys.executable, "-c", _BLOCK + textwrap.dedent(code)],
         cwd=cwd,
         env=env,
+        stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout,

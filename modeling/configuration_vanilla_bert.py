@@ -1,0 +1,94 @@
+"""Configuration of the BERT-style encoder (Devlin et al. 2019, "BERT"): the Transformer's encoder stack
+(Vaswani et al. 2017) with learned positions, segment (token type) embeddings and an embedding LayerNorm.
+
+Defaults are BERT-base: hidden 768, 12 layers, 12 heads, feed-forward 3072, GELU, dropout 0.1, post-LN,
+learned positions up to 512, two segments. Field names follow `BertConfig`, so checkpoints and habits carry over.
+"""
+
+from transformers import PreTrainedConfig
+from transformers.activations import ACT2FN
+
+from .configuration_vanilla_transformer import (
+    POSITION_EMBEDDING_TYPES,
+    check_attention_shape,
+    check_choice,
+    check_probability,
+)
+
+
+class VanillaBertConfig(PreTrainedConfig):
+    r"""
+    Args:
+        vocab_size: size of the WordPiece vocabulary.
+        hidden_size: width of the residual stream (d_model).
+        num_hidden_layers: number of encoder layers.
+        num_attention_heads: attention heads per layer.
+        num_key_value_heads: key/value heads shared by groups of query heads; `None` (default) means one per query
+            head (multi-head attention, as BERT), 1 gives multi-query attention, in between grouped-query.
+        intermediate_size: inner size of the feed-forward network (d_ff).
+        hidden_act: non-linearity of the feed-forward network and of the MLM head transform (`"gelu"` as BERT, or
+            any name in `transformers.activations.ACT2FN`).
+        hidden_dropout_prob: dropout on the embeddings and on each sublayer output before the residual add.
+        attention_probs_dropout_prob: dropout on the attention probabilities.
+        max_position_embeddings: longest sequence the model accepts.
+        type_vocab_size: number of segments (token_type_ids 0 .. type_vocab_size-1; 2 for sentence pairs).
+        initializer_range: standard deviation of the normal initialisation of every weight matrix.
+        layer_norm_eps: epsilon of every LayerNorm.
+        position_embedding_type: `"learned"` (BERT) or `"sinusoidal"` (the Transformer paper's fixed table).
+        normalize_before: `False` is BERT's post-LN; `True` gives pre-LN with a final LayerNorm after the stack.
+        sparse_prediction: when `labels` are passed to `VanillaBertForMaskedLM`, run the MLM head (transform and
+            the vocabulary projection) only at the positions whose label is not -100, as Cramming and ModernBERT
+            do: about 85% less head compute at 15% masking, the same loss. The returned `logits` are then
+            (number of masked positions, vocab_size), in row-major order of the masked positions
+            (`labels != -100`); without labels the head runs everywhere as usual.
+        classifier_dropout: dropout before the classification heads; `None` uses `hidden_dropout_prob`.
+        tie_word_embeddings: share the word embedding matrix with the MLM output projection (BERT does).
+        pad_token_id: id of [PAD]; its embedding gets no gradient.
+    `num_labels`, `id2label`, `label2id` and `problem_type` (regression, single_label_classification,
+    multi_label_classification) come from `PreTrainedConfig`.
+    """
+
+    model_type = "vanilla_bert"
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    num_key_value_heads: int | None = None
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    position_embedding_type: str = "learned"
+    normalize_before: bool = False
+    sparse_prediction: bool = False
+    classifier_dropout: float | None = None
+    tie_word_embeddings: bool = True
+    pad_token_id: int | None = 0
+
+    def __post_init__(self, **kwargs):
+        kv_heads = self.num_attention_heads if self.num_key_value_heads is None else self.num_key_value_heads
+        check_attention_shape(self.hidden_size, self.num_attention_heads, kv_heads, "attention")
+        check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
+        check_choice("hidden_act", self.hidden_act, sorted(ACT2FN))
+        for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+            check_probability(name, getattr(self, name))
+        if self.classifier_dropout is not None:
+            check_probability("classifier_dropout", self.classifier_dropout)
+        if self.position_embedding_type == "sinusoidal" and self.hidden_size % 2:
+            raise ValueError(
+                f"sinusoidal positions need an even hidden_size (sin/cos pairs), got hidden_size={self.hidden_size}"
+            )
+        for name in ("vocab_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings", "type_vocab_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+        super().__post_init__(**kwargs)
+
+
+__all__ = ["VanillaBertConfig"]

@@ -1,0 +1,95 @@
+"""Hub-ready folders: weights (safetensors), a config with `auto_map` (and `custom_pipelines`), the tokenizer,
+the generation config and the modeling code, so that anyone loads the folder, or the Hub repo made from it, with
+`trust_remote_code=True` on a machine without this package."""
+
+import inspect
+import shutil
+from pathlib import Path
+
+from transformers import PreTrainedModel
+
+
+def hub_classes(model_type: str) -> dict[str, type]:
+    """{Auto class name: our class} for one model family."""
+    if model_type == "vanilla_transformer":
+        from .configuration_vanilla_transformer import VanillaTransformerConfig
+        from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
+
+        return {
+            "AutoConfig": VanillaTransformerConfig,
+            "AutoModel": VanillaTransformerModel,
+            "AutoModelForSeq2SeqLM": VanillaTransformerForConditionalGeneration,
+        }
+    if model_type == "vanilla_bert":
+        from .configuration_vanilla_bert import VanillaBertConfig
+        from .modeling_vanilla_bert import (
+            VanillaBertForMaskedLM,
+            VanillaBertForSequenceClassification,
+            VanillaBertForTokenClassification,
+            VanillaBertModel,
+        )
+
+        return {
+            "AutoConfig": VanillaBertConfig,
+            "AutoModel": VanillaBertModel,
+            "AutoModelForMaskedLM": VanillaBertForMaskedLM,
+            "AutoModelForSequenceClassification": VanillaBertForSequenceClassification,
+            "AutoModelForTokenClassification": VanillaBertForTokenClassification,
+        }
+    raise ValueError(f"no Hub export is defined for model_type={model_type!r}")
+
+
+def hub_pipelines(model_type: str) -> dict[str, type]:
+    """{task: pipeline class} for the pipelines transformers itself lacks for this family."""
+    if model_type == "vanilla_transformer":
+        from .pipeline_translation import Text2TextGenerationPipeline, TranslationPipeline
+
+        return {"translation": TranslationPipeline, "text2text-generation": Text2TextGenerationPipeline}
+    return {}
+
+
+def _reference(cls: type) -> str:
+    """How auto_map names a class: "<module file stem>.<class name>", the files lying flat beside config.json."""
+    return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
+
+
+def _own_auto_class(model: PreTrainedModel) -> str:
+    classes = hub_classes(model.config.model_type)
+    own_auto_class = next((auto for auto, cls in classes.items() if cls is type(model)), None)
+    if own_auto_class is None:
+        raise ValueError(f"{type(model).__name__} has no Auto class in {sorted(classes)}")
+    return own_auto_class
+
+
+def enable_pipelines(model: PreTrainedModel) -> None:
+    """Declare our pipelines (translation, text2text-generation) in the config: transformers 5 looks up
+    `config.custom_pipelines` before its own (removed) tasks, for a saved folder and for a model in memory:
+    `pipeline("translation", model=m, tokenizer=tok, config=m.config, pipeline_class=TranslationPipeline)`."""
+    pipelines = hub_pipelines(model.config.model_type)
+    if pipelines:
+        own_auto_class = _own_auto_class(model)
+        model.config.custom_pipelines = {
+            task: {"impl": _reference(cls), "pt": [own_auto_class], "type": "text"} for task, cls in pipelines.items()
+        }
+
+
+def prepare_for_hub(model: PreTrainedModel) -> None:
+    """Write auto_map and custom_pipelines into the model's config and mark the classes for code export."""
+    own_auto_class = _own_auto_class(model)
+    model.config.auto_map = {auto: _reference(cls) for auto, cls in hub_classes(model.config.model_type).items()}
+    enable_pipelines(model)
+    # save_pretrained copies the module of a class registered for an Auto class, and the modules it imports.
+    type(model.config).register_for_auto_class("AutoConfig")
+    type(model).register_for_auto_class(own_auto_class)
+
+
+def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None) -> Path:
+    """Save `model` (and `tokenizer`) as a folder that loads with trust_remote_code=True without this package."""
+    folder = Path(folder)
+    prepare_for_hub(model)
+    model.save_pretrained(folder)
+    for pipeline_class in hub_pipelines(model.config.model_type).values():
+        shutil.copy(inspect.getfile(pipeline_class), folder)  # custom_pipelines' "impl" lives here
+    if tokenizer is not None:
+        tokenizer.save_pretrained(folder)
+    return folder

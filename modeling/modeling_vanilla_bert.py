@@ -1,0 +1,394 @@
+"""BERT (Devlin et al. 2019) built from the Transformer's parts: the encoder stack of "Attention Is All You Need"
+(post-LN `LayerStack` of `TransformerLayer`s from `layers.py`) under BERT's embeddings, with BERT's heads.
+
+Shapes: B batch, T sequence length, D hidden size, V vocabulary, C classes (num_labels), N masked positions.
+
+What BERT adds to the Transformer encoder: learned positions (section 3.5 of the Transformer paper mentions them
+as an alternative), segment (token type) embeddings for sentence pairs, a LayerNorm on the embedding sum, GELU,
+a pooler (tanh of a projection of the [CLS] vector) and the masked-language-model head. Attention is bidirectional:
+the one mask is the padding mask, built once per forward in `VanillaBertModel.forward`.
+"""
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel
+from transformers import initialization as init
+from transformers.activations import ACT2FN
+from transformers.masking_utils import create_bidirectional_mask
+from transformers.modeling_outputs import (
+    BaseModelOutputWithPooling,
+    MaskedLMOutput,
+    SequenceClassifierOutput,
+    TokenClassifierOutput,
+)
+
+from .configuration_vanilla_bert import VanillaBertConfig
+from .layers import LayerStack, PositionEmbedding, check_token_ids, mask_config
+
+
+def check_class_ids(labels: torch.Tensor, num_labels: int, what: str) -> None:
+    """Class ids must lie in 0 .. num_labels-1 (-100 = ignored): otherwise say so, instead of a CUDA assert."""
+    if torch.compiler.is_compiling():
+        return
+    valid = labels[labels != -100]
+    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_labels):
+        bad = int(valid.max()) if int(valid.max()) >= num_labels else int(valid.min())
+        raise ValueError(
+            f"{what} contain class id {bad}, but the model has num_labels={num_labels} (classes 0..{num_labels - 1}, "
+            "-100 = ignored); build the model with the dataset's number of classes, e.g. "
+            "from_pretrained(path, num_labels=..., id2label=..., label2id=...)"
+        )
+
+
+class VanillaBertEmbeddings(nn.Module):
+    """Token + position + segment embeddings, summed, then LayerNorm and dropout (BERT, section 3, figure 2)."""
+
+    def __init__(self, config: VanillaBertConfig):
+        super().__init__()
+        self.vocab_size = config.vocab_size
+        self.type_vocab_size = config.type_vocab_size
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.embed_positions = PositionEmbedding(
+            config.max_position_embeddings, config.hidden_size, config.position_embedding_type
+        )
+        self.embed_token_types = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        # BERT normalises the embedding sum (the Transformer paper scales by sqrt(d_model) instead)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T), segment A = 0, segment B = 1
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D): token embeddings, positions not yet added
+    ) -> torch.Tensor:
+        if inputs_embeds is None:
+            check_token_ids(input_ids, self.vocab_size)
+            inputs_embeds = self.embed_tokens(input_ids)
+        if token_type_ids is None:
+            segments = self.embed_token_types.weight[0]  # (D,): all segment A, no lookup needed
+        else:
+            if not torch.compiler.is_compiling() and token_type_ids.numel():
+                low, high = int(token_type_ids.min()), int(token_type_ids.max())
+                if low < 0 or high >= self.type_vocab_size:
+                    raise ValueError(
+                        f"token_type_ids contains segment id {high if high >= self.type_vocab_size else low}, but the "
+                        f"model has type_vocab_size={self.type_vocab_size} (segments 0..{self.type_vocab_size - 1}); "
+                        "the tokenizer does not match this model (RoBERTa-style models have one segment)"
+                    )
+            segments = self.embed_token_types(token_type_ids)  # (B, T, D)
+        embeddings = inputs_embeds + segments + self.embed_positions(inputs_embeds.shape[1])  # (B, T, D)
+        return self.dropout(self.norm(embeddings))
+
+
+class VanillaBertPooler(nn.Module):
+    """The sequence vector: the final hidden state of the first token ([CLS]) through a dense layer and tanh."""
+
+    def __init__(self, hidden_size: int):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.dense(hidden_states[:, 0]))  # (B, D)
+
+
+class MaskedLMHead(nn.Module):
+    """BERT's MLM head: dense + activation + LayerNorm, then the projection onto the vocabulary, whose weight is the
+    word embedding matrix (tied) and which has its own output bias."""
+
+    def __init__(self, hidden_size: int, vocab_size: int, activation: str, layer_norm_eps: float):
+        super().__init__()
+        self.dense = nn.Linear(hidden_size, hidden_size)
+        self.activation = ACT2FN[activation]
+        self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
+        self.decoder = nn.Linear(hidden_size, vocab_size)  # BERT's name; weight tied to embed_tokens
+
+    def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.norm(self.activation(self.dense(hidden_states))))  # (..., V)
+
+
+class VanillaBertPreTrainedModel(PreTrainedModel):
+    config_class = VanillaBertConfig
+    base_model_prefix = "bert"
+    main_input_name = "input_ids"
+    supports_gradient_checkpointing = True
+    _no_split_modules = ["VanillaBertEmbeddings", "TransformerLayer"]
+    _supports_sdpa = True
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = False  # the input checks read tensor values
+
+    @torch.no_grad()
+    def _init_weights(self, module):
+        """BERT's initialisation: N(0, initializer_range) for every matrix and embedding, zero biases, unit LayerNorms."""
+        std = self.config.initializer_range
+        if isinstance(module, nn.Linear):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.padding_idx is not None and not getattr(module.weight, "_is_hf_initialized", False):
+                init.zeros_(module.weight[module.padding_idx])
+        elif isinstance(module, nn.LayerNorm):
+            init.ones_(module.weight)
+            init.zeros_(module.bias)
+        elif isinstance(module, PositionEmbedding):
+            module.reset_parameters(std)  # also refills the sinusoidal table after a meta-device load
+
+
+class VanillaBertModel(VanillaBertPreTrainedModel):
+    """Embeddings, the Transformer encoder stack, and (unless `add_pooling_layer=False`) the [CLS] pooler."""
+
+    def __init__(self, config: VanillaBertConfig, add_pooling_layer: bool = True):
+        super().__init__(config)
+        self.embeddings = VanillaBertEmbeddings(config)
+        self.encoder = LayerStack(
+            num_layers=config.num_hidden_layers,
+            normalize_before=config.normalize_before,
+            hidden_size=config.hidden_size,
+            num_heads=config.num_attention_heads,
+            num_key_value_heads=config.num_key_value_heads or config.num_attention_heads,
+            ffn_dim=config.intermediate_size,
+            activation=config.hidden_act,
+            dropout=config.hidden_dropout_prob,
+            attention_dropout=config.attention_probs_dropout_prob,
+            activation_dropout=0.0,  # BERT has no dropout inside the feed-forward network
+            layer_norm_eps=config.layer_norm_eps,
+            cross_attention=False,
+            config=config,
+        )
+        self.pooler = VanillaBertPooler(config.hidden_size) if add_pooling_layer else None
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.embeddings.embed_tokens
+
+    def set_input_embeddings(self, value: nn.Embedding) -> None:
+        self.embeddings.embed_tokens = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T), 1 = token, 0 = padding
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> BaseModelOutputWithPooling | tuple:
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("pass exactly one of input_ids and inputs_embeds")
+        output_attentions = bool(output_attentions)
+        output_hidden_states = bool(output_hidden_states)
+        hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, D)
+        # Bidirectional: every token sees every non-padding token. None (sdpa, no padding) = attend everywhere.
+        padding_mask = create_bidirectional_mask(
+            config=mask_config(self.config, output_attentions),
+            inputs_embeds=hidden_states,
+            attention_mask=attention_mask,
+        )
+        stack = self.encoder(
+            hidden_states,
+            attention_mask=padding_mask,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        output = BaseModelOutputWithPooling(
+            last_hidden_state=stack.last_hidden_state,
+            pooler_output=self.pooler(stack.last_hidden_state) if self.pooler is not None else None,
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+        )
+        return output if return_dict is None or return_dict else output.to_tuple()
+
+
+class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
+    """BERT with the masked-language-model head (pre-training objective 1; no next-sentence prediction)."""
+
+    _tied_weights_keys = {"lm_head.decoder.weight": "bert.embeddings.embed_tokens.weight"}
+    # forward reduces the loss over `num_items_in_batch` when Trainer passes it (gradient accumulation)
+    accepts_loss_kwargs = True
+
+    def __init__(self, config: VanillaBertConfig):
+        super().__init__(config)
+        self.bert = VanillaBertModel(config, add_pooling_layer=False)
+        self.lm_head = MaskedLMHead(config.hidden_size, config.vocab_size, config.hidden_act, config.layer_norm_eps)
+        self.post_init()
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head.decoder
+
+    def set_output_embeddings(self, value: nn.Linear) -> None:
+        self.lm_head.decoder = value
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D)
+        labels: torch.Tensor | None = None,  # (B, T): original ids at masked positions, -100 elsewhere
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> MaskedLMOutput | tuple:
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, T, D)
+        if labels is not None:
+            shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
+            if labels.shape != shape:
+                raise ValueError(f"labels {tuple(labels.shape)} must have the shape of the input {tuple(shape)}")
+            check_token_ids(labels[labels != -100], self.config.vocab_size, "labels")
+            if self.config.sparse_prediction:
+                # Only masked positions carry a loss: project only those onto the 30k-word vocabulary.
+                masked = labels != -100  # (B, T)
+                hidden_states, labels = hidden_states[masked], labels[masked]  # (N, D), (N,)
+        logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with sparse prediction
+        loss = None
+        if labels is not None:
+            loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+        output = MaskedLMOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict is None or return_dict else output.to_tuple()
+
+
+class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
+    """BERT with a linear classifier (or regressor) on the pooled [CLS] vector."""
+
+    def __init__(self, config: VanillaBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = VanillaBertModel(config)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D)
+        labels: torch.Tensor | None = None,  # (B,) class ids, (B,) / (B, C) floats for regression, (B, C) multi-label
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+    ) -> SequenceClassifierOutput | tuple:
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, C)
+        loss = None
+        if labels is not None:
+            self._check_labels(labels, logits.shape[0])
+            # transformers' rule: regression if num_labels == 1, else single-label for integer labels, else
+            # multi-label; the choice is stored in config.problem_type on first use.
+            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+        output = SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict is None or return_dict else output.to_tuple()
+
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+        num_labels, problem_type = self.num_labels, self.config.problem_type
+        if problem_type is None:  # the same inference as transformers' ForSequenceClassificationLoss
+            if num_labels == 1:
+                problem_type = "regression"
+            elif labels.dtype in (torch.long, torch.int):
+                problem_type = "single_label_classification"
+            else:
+                problem_type = "multi_label_classification"
+        if problem_type == "single_label_classification":
+            if labels.numel() != batch_size:
+                raise ValueError(
+                    f"single-label classification takes one class id per sequence ({batch_size}), got labels of shape "
+                    f"{tuple(labels.shape)}; for multi-label targets pass float (batch, num_labels) labels"
+                )
+            check_class_ids(labels, num_labels, "labels")
+        elif problem_type == "multi_label_classification":
+            if labels.shape != (batch_size, num_labels):
+                raise ValueError(
+                    f"multi-label classification takes (batch, num_labels) = ({batch_size}, {num_labels}) 0/1 float "
+                    f"targets, got labels of shape {tuple(labels.shape)}; for one class per sequence pass integer "
+                    "class ids (torch.long), or build the model with num_labels matching the target width"
+                )
+        elif labels.numel() != batch_size * num_labels:
+            raise ValueError(
+                f"regression with num_labels={num_labels} takes {num_labels} value(s) per sequence, got labels of "
+                f"shape {tuple(labels.shape)} for a batch of {batch_size}"
+            )
+
+
+class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
+    """BERT with a linear classifier on every token's final hidden state (NER, POS tagging)."""
+
+    accepts_loss_kwargs = True  # forward reduces the loss over `num_items_in_batch` (gradient accumulation)
+
+    def __init__(self, config: VanillaBertConfig):
+        super().__init__(config)
+        self.num_labels = config.num_labels
+        self.bert = VanillaBertModel(config, add_pooling_layer=False)
+        dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
+        self.dropout = nn.Dropout(dropout)
+        self.classifier = nn.Linear(config.hidden_size, config.num_labels)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,  # (B, T)
+        attention_mask: torch.Tensor | None = None,  # (B, T)
+        token_type_ids: torch.Tensor | None = None,  # (B, T)
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D)
+        labels: torch.Tensor | None = None,  # (B, T) class ids, -100 = ignored (padding, continuation pieces)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        num_items_in_batch: int | torch.Tensor | None = None,
+    ) -> TokenClassifierOutput | tuple:
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
+        logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, C)
+        loss = None
+        if labels is not None:
+            if labels.shape != logits.shape[:2]:
+                raise ValueError(
+                    f"labels {tuple(labels.shape)} must hold one class id per token {tuple(logits.shape[:2])}, -100 "
+                    "where no label applies"
+                )
+            check_class_ids(labels, self.num_labels, "labels")
+            loss = self.loss_function(logits, labels, self.config, num_items_in_batch=num_items_in_batch)
+        output = TokenClassifierOutput(
+            loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
+        )
+        return output if return_dict is None or return_dict else output.to_tuple()
+
+
+__all__ = [
+    "VanillaBertPreTrainedModel",
+    "VanillaBertModel",
+    "VanillaBertForMaskedLM",
+    "VanillaBertForSequenceClassification",
+    "VanillaBertForTokenClassification",
+]

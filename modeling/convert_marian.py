@@ -117,7 +117,7 @@ def _converted_state_dict(marian: MarianMTModel, config: VanillaTransformerConfi
             **{f"{ours}.{p}_proj.weight": reads(f"{theirs}.{p}_proj.weight") for p in "qkv"},
             **{f"{ours}.{p}_proj.bias": copied(f"{theirs}.{p}_proj.bias") for p in "qkv"},
             f"{ours}.o_proj.weight": writes(f"{theirs}.out_proj.weight"),
-            f"{ours}.o_proj.bias": copied(f"{theirs}.out_proj.bias"),
+            f"{ours}.o_proj.bias": writes(f"{theirs}.out_proj.bias"),
         }
 
     def norm(ours: str, theirs: str) -> dict:

@@ -1,0 +1,151 @@
+"""Turn a training output into a Hub-ready folder, and optionally upload it.
+
+The folder holds the weights (safetensors), a config with `auto_map` (and `custom_pipelines` for translation),
+the tokenizer, the generation config, the modeling code and a model card rendered from `model_card.md`
+(YAML metadata: library, `custom_code` tag, pipeline tag, datasets, measured metrics).
+
+    python scripts/publish.py --model_dir outputs/multi30k/final --output_dir hub/multi30k-de-en \\
+        --metrics_file outputs/multi30k/test_scores.json --datasets bentrevett/multi30k --language de en \\
+        --push_to_hub user/vanilla-transformer-multi30k-de-en
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from huggingface_hub import HfApi, ModelCard, ModelCardData
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
+
+import vanilla_transformer.modeling  # noqa: F401  (registers our classes with the Auto classes)
+from vanilla_transformer.modeling.hub import hub_classes, save_for_hub
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+
+# What each head is for on the Hub: (Auto class, pipeline tag, usage line for the card)
+HEADS = {
+    "ForConditionalGeneration": ("AutoModelForSeq2SeqLM", "translation", 'print(pipe("Ein Hund läuft im Park.", num_beams=4))'),
+    "ForMaskedLM": ("AutoModelForMaskedLM", "fill-mask", 'print(pipe("The capital of France is [MASK]."))'),
+    "ForSequenceClassification": ("AutoModelForSequenceClassification", "text-classification", 'print(pipe("A moving, funny film."))'),
+    "ForTokenClassification": ("AutoModelForTokenClassification", "token-classification", 'print(pipe("Ada Lovelace was born in London."))'),
+}
+
+
+@dataclass
+class PublishArguments:
+    model_dir: str = field(metadata={"help": "a saved model folder (a training script's final output)"})
+    output_dir: str = field(metadata={"help": "where to write the Hub-ready folder"})
+    metrics_file: str | None = field(default=None, metadata={"help": "JSON {metric name: value} measured on a test set"})
+    model_name: str | None = field(default=None, metadata={"help": "the card's title (default: the folder name)"})
+    datasets: list[str] = field(default_factory=list, metadata={"help": "Hub ids of the training data"})
+    language: list[str] = field(default_factory=list, metadata={"help": "ISO codes of the languages"})
+    license: str = "apache-2.0"
+    training_data: str = field(default="Not documented.", metadata={"help": "a paragraph on the training data"})
+    training_recipe: str | None = field(default=None, metadata={"help": "a paragraph, or read from the model folder's training_args.json"})
+    intended_use: str = "Research and experiments with small Transformer models; a starting point for fine-tuning."
+    limitations: str = (
+        "Trained from scratch on a small corpus: expect errors on text unlike the training data, and no knowledge "
+        "beyond it. Not evaluated for bias or safety; do not use for decisions about people."
+    )
+    push_to_hub: str | None = field(default=None, metadata={"help": "upload to this Hub repo id (user/name)"})
+    private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)"})
+
+
+def load_model(model_dir: str):
+    config = AutoConfig.from_pretrained(model_dir)
+    classes = hub_classes(config.model_type)
+    architecture = (config.architectures or [classes["AutoModel"].__name__])[0]
+    model_class = next((cls for cls in classes.values() if cls.__name__ == architecture), None)
+    if model_class is None:
+        raise SystemExit(f"{model_dir}: architecture {architecture} is not one of ours ({sorted(c.__name__ for c in classes.values())})")
+    return model_class.from_pretrained(model_dir)
+
+
+def render_card(model, args: PublishArguments, metrics: dict[str, float], repo_id: str) -> ModelCard:
+    head = next((suffix for suffix in HEADS if type(model).__name__.endswith(suffix)), None)
+    _, pipeline_tag, usage = HEADS.get(head, ("AutoModel", "feature-extraction", 'print(pipe("Hello world.")[0][0][:5])'))
+    card_data = ModelCardData(
+        library_name="transformers",
+        tags=["custom_code", "vanilla-transformer", model.config.model_type],
+        pipeline_tag=pipeline_tag,
+        datasets=args.datasets or None,
+        language=args.language or None,
+        license=args.license,
+        metrics=sorted(metrics) or None,
+        model_name=args.model_name,
+        **({"model-index": [_model_index(args, metrics, pipeline_tag)]} if metrics else {}),
+    )
+    config = model.config.to_dict()
+    shown = ("vocab_size", "d_model", "hidden_size", "encoder_layers", "decoder_layers", "num_hidden_layers",
+             "encoder_attention_heads", "decoder_attention_heads", "num_attention_heads", "num_key_value_heads",
+             "encoder_ffn_dim", "decoder_ffn_dim", "intermediate_size", "normalize_before", "position_embedding_type",
+             "max_position_embeddings")
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(TEMPLATE),
+        model_name=args.model_name,
+        repo_id=repo_id,
+        model_type=model.config.model_type,
+        summary=f"{type(model).__name__} for {pipeline_tag}.",
+        pipeline_tag=pipeline_tag,
+        usage_example=usage,
+        architecture={key: config[key] for key in shown if key in config},
+        num_parameters=f"{model.num_parameters() / 1e6:.1f}M",
+        training_data=args.training_data,
+        training_recipe=args.training_recipe or "Not documented.",
+        metrics=metrics,
+        intended_use=args.intended_use,
+        limitations=args.limitations,
+    )
+
+
+def _model_index(args: PublishArguments, metrics: dict[str, float], pipeline_tag: str) -> dict:
+    return {
+        "name": args.model_name,
+        "results": [
+            {
+                "task": {"type": pipeline_tag},
+                "dataset": {"name": args.datasets[0] if args.datasets else "custom", "type": args.datasets[0] if args.datasets else "custom"},
+                "metrics": [{"type": name, "value": value, "name": name} for name, value in sorted(metrics.items())],
+            }
+        ],
+    }
+
+
+def recipe_from(model_dir: Path) -> str | None:
+    """A training script's arguments, if it left them beside the model."""
+    for name in ("training_args.json", "train_args.json"):
+        path = model_dir / name
+        if path.is_file():
+            arguments = json.loads(path.read_text())
+            return "Trained with:\n\n```json\n" + json.dumps(arguments, indent=2, sort_keys=True) + "\n```"
+    return None
+
+
+def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
+    model_dir, output_dir = Path(args.model_dir), Path(args.output_dir)
+    args.model_name = args.model_name or model_dir.resolve().name
+    args.training_recipe = args.training_recipe or recipe_from(model_dir)
+    metrics = json.loads(Path(args.metrics_file).read_text()) if args.metrics_file else {}
+    metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
+    model = load_model(str(model_dir))
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    save_for_hub(model, output_dir, tokenizer)
+    repo_id = args.push_to_hub or f"<user>/{args.model_name}"
+    render_card(model, args, metrics, repo_id).save(output_dir / "README.md")
+    print(f"Hub-ready folder: {output_dir}")
+    if args.push_to_hub:
+        api = api or HfApi(token=args.token)
+        api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
+        commit = api.upload_folder(repo_id=args.push_to_hub, folder_path=str(output_dir), commit_message=f"Upload {args.model_name}")
+        print(f"uploaded: {getattr(commit, 'commit_url', commit)}")
+    return output_dir
+
+
+def main() -> None:
+    (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses()
+    publish(args)
+
+
+if __name__ == "__main__":
+    main()

@@ -77,7 +77,8 @@ NAME_PAIRS = (
     ("cls.predictions.decoder.", "lm_head.decoder."),
 )
 # HF BERT keeps the MLM output bias under two tied names; ours has one, the projection's own bias.
-HF_OUTPUT_BIAS, HF_DECODER_BIAS, OUR_OUTPUT_BIAS = "cls.predictions.bias", "cls.predictions.decoder.bias", "lm_head.decoder.bias"
+HF_OUTPUT_BIAS, HF_DECODER_BIAS = "cls.predictions.bias", "cls.predictions.decoder.bias"
+OUR_OUTPUT_BIAS = "lm_head.decoder.bias"
 
 
 def _rename(key: str, to_vanilla: bool) -> str:

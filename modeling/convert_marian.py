@@ -9,12 +9,13 @@ difference is the sinusoidal position table:
 
 We keep our table as the paper writes it and renumber the residual stream instead: our dimension c holds what
 Marian keeps in dimension `perm[c]` (`perm = [0, D/2, 1, D/2+1, ...]`). A model is unchanged by a consistent
-renumbering of its residual dimensions: every weight that reads the residual stream has its input columns
-permuted (q/k/v projections, fc1, lm_head), every weight that writes it has its output rows and bias permuted
-(token embeddings, attention o_proj, fc2), and LayerNorm, which takes its mean and variance over all dimensions
-(invariant under a permutation) then scales each one, has its weight and bias permuted. Nothing else moves:
-the heads' own dimensions (the q/k/v output rows, o_proj input columns) and the feed-forward's inner dimension
-are not the residual stream. Logits come out in vocabulary order, so they are identical.
+renumbering of its residual dimensions, so every d_model axis of every weight is permuted the same way:
+the input columns of the weights that read the residual stream (q/k/v projections, fc1, lm_head = the tied
+(V, D) embedding table, whose rows are what the stream starts from), the output rows and biases of those that
+write to it (attention o_proj, fc2), and the weight and bias of each LayerNorm, which is permutation-equivariant
+(its mean and variance over all dimensions do not depend on their order; it then scales each one). Nothing else
+moves: the heads' dimensions (q/k/v output rows, o_proj input columns) and the feed-forward's inner dimension are
+not the residual stream. Logits come out in vocabulary order, so they are identical.
 """
 
 import copy
@@ -47,12 +48,12 @@ def vanilla_config_from_marian(marian_config: MarianConfig) -> VanillaTransforme
     """The `VanillaTransformerConfig` of the same architecture; raises ValueError for what it cannot express."""
     if not isinstance(marian_config, MarianConfig):
         raise ValueError(f"expected a MarianConfig, got {type(marian_config).__name__}")
-    if not marian_config.share_encoder_decoder_embeddings or marian_config.decoder_vocab_size != marian_config.vocab_size:
+    shared = marian_config.share_encoder_decoder_embeddings
+    if not shared or marian_config.decoder_vocab_size != marian_config.vocab_size:
         raise ValueError(
-            "this Marian model has a separate decoder vocabulary (share_encoder_decoder_embeddings="
-            f"{marian_config.share_encoder_decoder_embeddings}, vocab_size={marian_config.vocab_size}, "
-            f"decoder_vocab_size={marian_config.decoder_vocab_size}); the vanilla Transformer has one vocabulary "
-            "shared by source, target and output projection, as in the paper"
+            f"this Marian model has a separate decoder vocabulary (share_encoder_decoder_embeddings={shared}, "
+            f"vocab_size={marian_config.vocab_size}, decoder_vocab_size={marian_config.decoder_vocab_size}); the "
+            "vanilla Transformer has one vocabulary shared by source, target and output projection, as in the paper"
         )
     if not marian_config.tie_word_embeddings:
         raise ValueError(
@@ -103,35 +104,35 @@ def _converted_state_dict(marian: MarianMTModel, config: VanillaTransformerConfi
     perm = marian_to_paper_permutation(config.d_model).to(marian.device)
     source = marian.state_dict()
 
-    def reads(name):  # a weight whose input is the residual stream: permute its columns
+    def columns(name):  # (out, D): a weight reading the residual stream, or the (V, D) embedding table
         return source[name][:, perm]
 
-    def writes(name):  # a weight or bias whose output is the residual stream: permute its rows
+    def rows(name):  # (D, in) or (D,): a weight or bias writing to the residual stream, a LayerNorm parameter
         return source[name][perm]
 
-    def copied(name):  # head or feed-forward inner dimensions: unchanged
+    def copied(name):  # no residual axis (head or feed-forward inner dimensions): unchanged
         return source[name]
 
     def attention(ours: str, theirs: str) -> dict:
         return {
-            **{f"{ours}.{p}_proj.weight": reads(f"{theirs}.{p}_proj.weight") for p in "qkv"},
+            **{f"{ours}.{p}_proj.weight": columns(f"{theirs}.{p}_proj.weight") for p in "qkv"},
             **{f"{ours}.{p}_proj.bias": copied(f"{theirs}.{p}_proj.bias") for p in "qkv"},
-            f"{ours}.o_proj.weight": writes(f"{theirs}.out_proj.weight"),
-            f"{ours}.o_proj.bias": writes(f"{theirs}.out_proj.bias"),
+            f"{ours}.o_proj.weight": rows(f"{theirs}.out_proj.weight"),
+            f"{ours}.o_proj.bias": rows(f"{theirs}.out_proj.bias"),
         }
 
     def norm(ours: str, theirs: str) -> dict:
-        return {f"{ours}.weight": writes(f"{theirs}.weight"), f"{ours}.bias": writes(f"{theirs}.bias")}
+        return {f"{ours}.weight": rows(f"{theirs}.weight"), f"{ours}.bias": rows(f"{theirs}.bias")}
 
     def ffn(ours: str, theirs: str) -> dict:
         return {
-            f"{ours}.fc1.weight": reads(f"{theirs}.fc1.weight"),
+            f"{ours}.fc1.weight": columns(f"{theirs}.fc1.weight"),
             f"{ours}.fc1.bias": copied(f"{theirs}.fc1.bias"),
-            f"{ours}.fc2.weight": writes(f"{theirs}.fc2.weight"),
-            f"{ours}.fc2.bias": writes(f"{theirs}.fc2.bias"),
+            f"{ours}.fc2.weight": rows(f"{theirs}.fc2.weight"),
+            f"{ours}.fc2.bias": rows(f"{theirs}.fc2.bias"),
         }
 
-    embeddings = reads("model.shared.weight")  # (V, D): row v is token v's vector in the residual stream
+    embeddings = columns("model.shared.weight")  # (V, D): row v is token v's vector in the residual stream
     target = {
         "model.encoder.embed_tokens.weight": embeddings,
         "lm_head.weight": embeddings,  # tied

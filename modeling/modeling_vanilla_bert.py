@@ -26,18 +26,34 @@ from .configuration_vanilla_bert import VanillaBertConfig
 from .layers import LayerStack, PositionEmbedding, check_token_ids, mask_config
 
 
-def check_class_ids(labels: torch.Tensor, num_labels: int, what: str) -> None:
-    """Class ids must lie in 0 .. num_labels-1 (-100 = ignored): otherwise say so, instead of a CUDA assert."""
-    if torch.compiler.is_compiling():
+def check_segment_ids(token_type_ids: torch.Tensor, type_vocab_size: int) -> None:
+    """A segment id without an embedding row: say so (a tokenizer made for another model, typically)."""
+    if torch.compiler.is_compiling() or token_type_ids.numel() == 0:
         return
-    valid = labels[labels != -100]
-    if valid.numel() and (int(valid.min()) < 0 or int(valid.max()) >= num_labels):
-        bad = int(valid.max()) if int(valid.max()) >= num_labels else int(valid.min())
+    low, high = (int(bound) for bound in torch.aminmax(token_type_ids))  # one device sync, not two
+    if low < 0 or high >= type_vocab_size:
         raise ValueError(
-            f"{what} contain class id {bad}, but the model has num_labels={num_labels} (classes 0..{num_labels - 1}, "
-            "-100 = ignored); build the model with the dataset's number of classes, e.g. "
-            "from_pretrained(path, num_labels=..., id2label=..., label2id=...)"
+            f"token_type_ids contains segment id {high if high >= type_vocab_size else low}, but the model has "
+            f"type_vocab_size={type_vocab_size} (segments 0..{type_vocab_size - 1}); the tokenizer does not match "
+            "this model (RoBERTa-style models have one segment)"
         )
+
+
+def check_label_ids(labels: torch.Tensor, num_ids: int, what: str, hint: str) -> None:
+    """Label ids must lie in 0 .. num_ids-1 (-100 = ignored): otherwise say so, instead of an index error or a
+    device-side assert. One device sync."""
+    if torch.compiler.is_compiling() or labels.numel() == 0:
+        return
+    low, high = (int(bound) for bound in torch.aminmax(labels.where(labels != -100, 0)))
+    if low < 0 or high >= num_ids:
+        raise ValueError(f"labels contain {what} {high if high >= num_ids else low}, but {hint}")
+
+
+def class_id_hint(num_labels: int) -> str:
+    return (
+        f"the model has num_labels={num_labels} (classes 0..{num_labels - 1}, -100 = ignored); build it with the "
+        "dataset's number of classes: from_pretrained(path, num_labels=..., id2label=..., label2id=...)"
+    )
 
 
 class VanillaBertEmbeddings(nn.Module):
@@ -45,8 +61,6 @@ class VanillaBertEmbeddings(nn.Module):
 
     def __init__(self, config: VanillaBertConfig):
         super().__init__()
-        self.vocab_size = config.vocab_size
-        self.type_vocab_size = config.type_vocab_size
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
         self.embed_positions = PositionEmbedding(
             config.max_position_embeddings, config.hidden_size, config.position_embedding_type
@@ -63,19 +77,12 @@ class VanillaBertEmbeddings(nn.Module):
         inputs_embeds: torch.Tensor | None = None,  # (B, T, D): token embeddings, positions not yet added
     ) -> torch.Tensor:
         if inputs_embeds is None:
-            check_token_ids(input_ids, self.vocab_size)
+            check_token_ids(input_ids, self.embed_tokens.num_embeddings)  # the table's size survives a resize
             inputs_embeds = self.embed_tokens(input_ids)
         if token_type_ids is None:
             segments = self.embed_token_types.weight[0]  # (D,): all segment A, no lookup needed
         else:
-            if not torch.compiler.is_compiling() and token_type_ids.numel():
-                low, high = int(token_type_ids.min()), int(token_type_ids.max())
-                if low < 0 or high >= self.type_vocab_size:
-                    raise ValueError(
-                        f"token_type_ids contains segment id {high if high >= self.type_vocab_size else low}, but the "
-                        f"model has type_vocab_size={self.type_vocab_size} (segments 0..{self.type_vocab_size - 1}); "
-                        "the tokenizer does not match this model (RoBERTa-style models have one segment)"
-                    )
+            check_segment_ids(token_type_ids, self.embed_token_types.num_embeddings)
             segments = self.embed_token_types(token_type_ids)  # (B, T, D)
         embeddings = inputs_embeds + segments + self.embed_positions(inputs_embeds.shape[1])  # (B, T, D)
         return self.dropout(self.norm(embeddings))
@@ -120,7 +127,7 @@ class VanillaBertPreTrainedModel(PreTrainedModel):
 
     @torch.no_grad()
     def _init_weights(self, module):
-        """BERT's initialisation: N(0, initializer_range) for every matrix and embedding, zero biases, unit LayerNorms."""
+        """BERT's initialisation: N(0, initializer_range) matrices and embeddings, zero biases, unit LayerNorms."""
         std = self.config.initializer_range
         if isinstance(module, nn.Linear):
             init.normal_(module.weight, mean=0.0, std=std)
@@ -247,11 +254,13 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
             shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
             if labels.shape != shape:
                 raise ValueError(f"labels {tuple(labels.shape)} must have the shape of the input {tuple(shape)}")
-            check_token_ids(labels[labels != -100], self.config.vocab_size, "labels")
+            vocab_size = self.config.vocab_size
+            check_label_ids(labels, vocab_size, "token id", f"the vocabulary has {vocab_size} ids (-100 = ignored)")
             if self.config.sparse_prediction:
-                # Only masked positions carry a loss: project only those onto the 30k-word vocabulary.
-                masked = labels != -100  # (B, T)
-                hidden_states, labels = hidden_states[masked], labels[masked]  # (N, D), (N,)
+                # Only masked positions carry a loss: project only those onto the vocabulary (~15% of the tokens).
+                masked = (labels != -100).flatten().nonzero().squeeze(1)  # (N,) flat indices of masked positions
+                hidden_states = hidden_states.flatten(0, 1)[masked]  # (N, D)
+                labels = labels.flatten()[masked]  # (N,)
         logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with sparse prediction
         loss = None
         if labels is not None:
@@ -320,7 +329,7 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
                     f"single-label classification takes one class id per sequence ({batch_size}), got labels of shape "
                     f"{tuple(labels.shape)}; for multi-label targets pass float (batch, num_labels) labels"
                 )
-            check_class_ids(labels, num_labels, "labels")
+            check_label_ids(labels, num_labels, "class id", class_id_hint(num_labels))
         elif problem_type == "multi_label_classification":
             if labels.shape != (batch_size, num_labels):
                 raise ValueError(
@@ -377,7 +386,7 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
                     f"labels {tuple(labels.shape)} must hold one class id per token {tuple(logits.shape[:2])}, -100 "
                     "where no label applies"
                 )
-            check_class_ids(labels, self.num_labels, "labels")
+            check_label_ids(labels, self.num_labels, "class id", class_id_hint(self.num_labels))
             loss = self.loss_function(logits, labels, self.config, num_items_in_batch=num_items_in_batch)
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions

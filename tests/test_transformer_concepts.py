@@ -30,14 +30,15 @@ def tiny_model(**overrides) -> VanillaTransformerForConditionalGeneration:
 
 
 def source_batch() -> tuple[torch.Tensor, torch.Tensor]:
-    input_ids = torch.randint(3, 99, (3, 9))  # (B, S)
+    """The same three sources at every call (their own generator), two of them padded."""
+    input_ids = torch.randint(3, 99, (3, 9), generator=torch.Generator().manual_seed(1))  # (B, S)
     input_ids[1, 6:] = PAD
     input_ids[2, 3:] = PAD
     return input_ids, (input_ids != PAD).long()
 
 
 def target_batch(length: int = 7) -> torch.Tensor:
-    decoder_input_ids = torch.randint(3, 99, (3, length))  # (B, T)
+    decoder_input_ids = torch.randint(3, 99, (3, length), generator=torch.Generator().manual_seed(2))  # (B, T)
     decoder_input_ids[:, 0] = START
     return decoder_input_ids
 
@@ -119,7 +120,8 @@ def test_a_sequence_alone_equals_the_same_sequence_padded_in_a_batch(attn_implem
     with torch.no_grad():
         batch = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids)
         for row, length in ((1, 6), (2, 3)):
-            alone = model(input_ids=input_ids[row : row + 1, :length], decoder_input_ids=decoder_input_ids[row : row + 1])
+            source, target = input_ids[row : row + 1, :length], decoder_input_ids[row : row + 1]  # no padding
+            alone = model(input_ids=source, decoder_input_ids=target)
             torch.testing.assert_close(
                 batch.encoder_last_hidden_state[row, :length], alone.encoder_last_hidden_state[0], atol=1e-5, rtol=1e-5
             )

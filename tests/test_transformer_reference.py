@@ -143,6 +143,9 @@ def test_unconvertible_models_raise():
         convert_marian_to_vanilla(tiny_marian(share_encoder_decoder_embeddings=False))
     with pytest.raises(ValueError, match="separate from its embeddings"):
         convert_marian_to_vanilla(tiny_marian(tie_word_embeddings=False))
+    with pytest.raises(ValueError, match=r"eos_token_id=\[0, 5\]: the vanilla Transformer config takes a single"):
+        convert_marian_to_vanilla(tiny_marian(eos_token_id=[0, 5]))
+    assert convert_marian_to_vanilla(tiny_marian(eos_token_id=[0])).config.eos_token_id == 0
     marian = tiny_marian()
     with torch.no_grad():
         marian.model.decoder.embed_positions.weight.mul_(2)
@@ -256,6 +259,10 @@ def test_decoder_layer_equals_torch(normalize_before, attn_implementation):
             tgt_is_causal=True,
         )
         actual, _, _ = layer(
-            y, attention_mask=causal_mask, encoder_hidden_states=memory, encoder_attention_mask=memory_mask, is_causal=True
+            y,
+            attention_mask=causal_mask,
+            encoder_hidden_states=memory,
+            encoder_attention_mask=memory_mask,
+            is_causal=True,
         )
     torch.testing.assert_close(actual, expected, atol=1e-5, rtol=1e-5)

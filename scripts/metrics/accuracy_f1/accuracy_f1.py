@@ -1,8 +1,8 @@
 """Accuracy and F1 for classification, as an `evaluate` metric that loads offline (evaluate 0.4.6 ships no metric
-scripts): `evaluate.load(path_to_this_file)`. Self-contained (numpy, datasets, evaluate), since `evaluate.load`
-copies the file into its module cache and imports it from there.
+scripts): `evaluate.load("path/to/scripts/metrics/accuracy_f1")`. Self-contained (numpy, datasets, evaluate), since
+`evaluate.load` copies this file into its module cache and imports it from there.
 
-    metric = evaluate.load(METRIC_PATH)
+    metric = evaluate.load(path)
     metric.compute(predictions=[1, 0, 1], references=[1, 1, 1])              # binary F1 of class 1
     metric.compute(predictions=[2, 0, 1], references=[2, 1, 1], average="macro")  # mean of per-class F1
 """
@@ -28,9 +28,7 @@ class AccuracyF1(evaluate.Metric):
             description=_DESCRIPTION,
             citation="",
             inputs_description=_INPUTS,
-            features=datasets.Features(
-                {"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}
-            ),
+            features=datasets.Features({"predictions": datasets.Value("int64"), "references": datasets.Value("int64")}),
         )
 
     def _compute(self, predictions, references, average: str = "binary", pos_label: int = 1) -> dict:

@@ -1,0 +1,119 @@
+"""Translate a test set with a trained model (batched beam search) and score it with sacreBLEU and chrF through
+`evaluate`, using the offline metric modules in scripts/metrics. Writes the scores and every translation to JSON
+(and the hypotheses, one per line, beside it), e.g. for Multi30k de->en:
+
+    python scripts/evaluate_translation.py --model_dir outputs/multi30k/final \\
+        --split ../shared/data/multi30k/test_2016_flickr --output_file outputs/multi30k/test_scores.json
+
+Scores are corpus-level, on detokenized cased output against the raw references (sacreBLEU's default 13a
+tokenization): the numbers that compare across papers. Beam size and length penalty default to the model's
+generation config (chosen on the validation set by train_translation.py).
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import evaluate
+import torch
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
+
+import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
+from translation_data import CorpusArguments, load_parallel
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+
+
+@dataclass
+class EvaluationArguments:
+    model_dir: str = field(metadata={"help": "a saved model folder with its tokenizer (train_translation's final/)"})
+    split: str = field(metadata={"help": "the test pairs: a prefix of {split}.{lang}[.gz] files, a .tsv/.jsonl "
+                                         "file, or a split name with --dataset_name"})
+    output_file: str = field(metadata={"help": "JSON with the scores and the translations"})
+    num_beams: int | None = field(default=None, metadata={"help": "beam size (default: the model's generation config)"})
+    length_penalty: float | None = field(
+        default=None, metadata={"help": "beam score = log-probability / length**length_penalty (default: the model's)"}
+    )
+    batch_size: int = field(default=64, metadata={"help": "sentences translated together"})
+
+
+def load_metrics() -> dict:
+    """{"sacrebleu": ..., "chrf": ...}: the local evaluate modules (no network)."""
+    return {name: evaluate.load(str(METRICS_DIR / name)) for name in ("sacrebleu", "chrf")}
+
+
+def score(hypotheses: list[str], references: list[str], metrics: dict) -> dict:
+    bleu = metrics["sacrebleu"].compute(predictions=hypotheses, references=[[r] for r in references])
+    chrf = metrics["chrf"].compute(predictions=hypotheses, references=[[r] for r in references])
+    return {
+        "sacrebleu": round(bleu["score"], 2),
+        "chrf": round(chrf["score"], 2),
+        "sacrebleu_signature": bleu["signature"],
+        "chrf_signature": chrf["signature"],
+    }
+
+
+@torch.no_grad()
+def translate(model, tokenizer, sources: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
+    """Batched generation in order of source length (little padding); the results in the order of `sources`.
+
+    At most 1.5 x the longest source + 10 new tokens per batch (fairseq's max_len_a/b idea), and never more than
+    the generation config's max_new_tokens: a translation is rarely longer, and a half-trained model's repetition
+    loops stop early."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    limit = model.generation_config.max_new_tokens or model.config.max_position_embeddings - 1
+    max_source = model.config.max_position_embeddings
+    translations = [""] * len(sources)
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True, max_length=max_source,
+                          return_tensors="pt").to(model.device)
+        max_new_tokens = min(limit, int(1.5 * batch["input_ids"].shape[1]) + 10)
+        output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+        for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
+            translations[i] = text.strip()
+    return translations
+
+
+def main(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir).to(device).eval()
+    pairs = load_parallel(args.split, corpus)
+    sources, references = list(pairs["source"]), list(pairs["target"])
+    empty = sum(1 for s in sources if not s.strip())
+    if empty:
+        print(f"warning: {empty} of {len(sources)} sources are empty; they are scored as empty translations")
+    generation = {"num_beams": args.num_beams or model.generation_config.num_beams,
+                  "length_penalty": args.length_penalty if args.length_penalty is not None
+                  else model.generation_config.length_penalty}
+    start = time.monotonic()
+    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, **generation)
+    seconds = time.monotonic() - start
+    result = {
+        **score(hypotheses, references, load_metrics()),
+        **generation,
+        "model_dir": args.model_dir,
+        "split": args.split,
+        "num_segments": len(sources),
+        "seconds": round(seconds, 1),
+        "translations": [{"source": s, "reference": r, "hypothesis": h}
+                         for s, r, h in zip(sources, references, hypotheses)],
+    }
+    output = Path(args.output_file)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+    output.with_suffix(".hyp.txt").write_text("".join(h + "\n" for h in hypotheses))
+    print(f"{args.split}: sacreBLEU {result['sacrebleu']} ({result['sacrebleu_signature']}), chrF {result['chrf']}; "
+          f"{len(sources)} segments in {seconds:.0f} s, beam {generation['num_beams']}, "
+          f"length penalty {generation['length_penalty']} -> {output}")
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, CorpusArguments]:
+    return HfArgumentParser((EvaluationArguments, CorpusArguments)).parse_args_into_dataclasses(args=argv)
+
+
+if __name__ == "__main__":
+    main(*parse_args())

@@ -1,0 +1,263 @@
+"""Train the encoder-decoder Transformer from scratch on a parallel corpus with Accelerate, as in "Attention Is All
+You Need" (section 5) scaled down: batches by token count with length bucketing, Adam (0.9, 0.98, 1e-9) with
+warmup and inverse square root decay, label smoothing 0.1, validation loss and beam-search BLEU, averaging of the
+last checkpoints. Ends with a Hub-ready folder `output_dir/final` whose generation config holds the beam size
+and the length penalty chosen on the validation set.
+
+Multi30k de->en, the recipe for 45 minutes on 2 CPU cores (see the README of scripts/, "Multi30k recipe"):
+
+    python scripts/train_translation.py --train_split ../shared/data/multi30k/train \\
+        --validation_split ../shared/data/multi30k/val --output_dir outputs/multi30k \\
+        --vocab_size 8000 --d_model 256 --encoder_layers 3 --decoder_layers 3 --attention_heads 4 --ffn_dim 1024 \\
+        --max_tokens 3000 --warmup_steps 1500 --lr_factor 2 --max_train_minutes 45 ...
+
+The same command runs on one GPU, or on several processes (the global batch is max_tokens x processes x
+gradient_accumulation_steps):
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...            # 2 GPUs
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPU processes
+Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume.
+Then score the test set: scripts/evaluate_translation.py --model_dir outputs/multi30k/final --split ...
+"""
+
+import json
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from accelerate.utils import gather_object, set_seed
+from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
+
+from evaluate_translation import load_metrics, score, translate
+from trainer_utils import (
+    LoopArguments,
+    TrainingTask,
+    average_checkpoints,
+    make_accelerator,
+    make_optimizer,
+    paper_learning_rate,
+    plot_log,
+    token_batches,
+    train,
+)
+from translation_data import CorpusArguments, load_parallel, pair_lengths, tokenize_pairs, trainable_pairs
+from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
+
+
+@dataclass
+class TranslationArguments:
+    train_split: str = field(metadata={"help": "training pairs: a prefix of {split}.{lang}[.gz] files, a .tsv/.jsonl "
+                                               "file, or a split name with --dataset_name"})
+    validation_split: str = field(metadata={"help": "validation pairs, likewise: loss, BLEU and every choice"})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "a saved tokenizer folder (scripts/train_tokenizer.py); default: train a "
+                                        "joint BPE on the training pairs into output_dir/tokenizer"}
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "joint BPE vocabulary size, when training one"})
+    max_length: int = field(default=128, metadata={"help": "drop training pairs with a side longer than this (tokens)"})
+    max_tokens: int = field(default=4096, metadata={"help": "tokens per micro-batch and process, padding included"})
+    d_model: int = 512
+    encoder_layers: int = 6
+    decoder_layers: int = 6
+    attention_heads: int = 8
+    ffn_dim: int = 2048
+    dropout: float = 0.1
+    attention_dropout: float = 0.0
+    activation_dropout: float = 0.0
+    label_smoothing: float = 0.1
+    lr_factor: float = field(
+        default=1.0, metadata={"help": "peak learning rate = lr_factor * d_model^-0.5 * warmup^-0.5 (the paper: 1), "
+                                       "unless --learning_rate gives it"}
+    )
+    num_beams: int = 4
+    length_penalties: list[float] = field(
+        default_factory=lambda: [1.0],
+        metadata={"help": "length penalties tried on the validation set at the end; the best goes in the model"},
+    )
+    eval_batch_size: int = field(default=64, metadata={"help": "sentences per generation batch"})
+
+
+def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments):
+    accelerator = make_accelerator(loop)
+    output_dir = Path(loop.output_dir)
+    set_seed(loop.seed)
+
+    with accelerator.main_process_first():  # the other processes then read the caches the main one wrote
+        train_pairs = load_parallel(args.train_split, corpus)
+        validation_pairs = load_parallel(args.validation_split, corpus)
+        tokenizer = get_tokenizer(args, train_pairs, output_dir)
+        train_set, counts = trainable_pairs(tokenize_pairs(train_pairs, tokenizer), args.max_length)
+        validation_set, validation_counts = trainable_pairs(tokenize_pairs(validation_pairs, tokenizer), args.max_length)
+        metrics = load_metrics()
+    accelerator.print(counts.describe(f"training pairs ({args.train_split})", args.max_length))
+    accelerator.print(validation_counts.describe("validation loss", args.max_length)
+                      + f"; BLEU on all {len(validation_pairs)} pairs")
+
+    config = VanillaTransformerConfig(
+        d_model=args.d_model,
+        encoder_layers=args.encoder_layers,
+        decoder_layers=args.decoder_layers,
+        encoder_attention_heads=args.attention_heads,
+        decoder_attention_heads=args.attention_heads,
+        encoder_ffn_dim=args.ffn_dim,
+        decoder_ffn_dim=args.ffn_dim,
+        dropout=args.dropout,
+        attention_dropout=args.attention_dropout,
+        activation_dropout=args.activation_dropout,
+        max_position_embeddings=max(1024, args.max_length + 1),
+        **special_token_ids(tokenizer),
+    )
+    model = VanillaTransformerForConditionalGeneration(config)
+    model.generation_config.num_beams = args.num_beams
+    model.generation_config.length_penalty = args.length_penalties[0]
+    model.generation_config.max_new_tokens = args.max_length
+    learning_rate = loop.learning_rate or paper_learning_rate(args.d_model, loop.warmup_steps, args.lr_factor)
+    optimizer, scheduler = make_optimizer(model, loop, learning_rate)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+
+    lengths = pair_lengths(train_set)
+    batches = token_batches(lengths, args.max_tokens, loop.seed, epoch=0)
+    accelerator.print(
+        f"model: {model.num_parameters() / 1e6:.2f}M parameters, peak learning rate {learning_rate:.2e}; "
+        f"{len(batches)} micro-batches of at most {args.max_tokens} tokens per epoch "
+        f"({lengths.sum() / len(batches):.0f} tokens of the longer side each, on average), "
+        f"global batch = {accelerator.num_processes} processes x {loop.gradient_accumulation_steps} micro-batches"
+    )
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(all_arguments(args, corpus, loop), indent=1) + "\n")
+    if loop.report_to:
+        accelerator.init_trackers("train_translation", config=_scalars(all_arguments(args, corpus, loop)))
+
+    def evaluate(model_in_eval_mode) -> dict:
+        return validate(accelerator, model_in_eval_mode, tokenizer, validation_set, validation_pairs, args, metrics,
+                        length_penalty=args.length_penalties[0])
+
+    task = TrainingTask(
+        dataset=train_set.select_columns(["input_ids", "labels"]),
+        collate=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"),
+        epoch_batches=lambda epoch: token_batches(lengths, args.max_tokens, loop.seed, epoch),
+        loss=lambda model, batch, num_items: model(
+            **batch, smoothing=args.label_smoothing, num_items_in_batch=num_items
+        ).loss,
+        evaluate=evaluate,
+        signature={"max_tokens": args.max_tokens, "train_pairs": len(train_set), "train_tokens": int(lengths.sum())},
+    )
+    outcome = train(accelerator, model, optimizer, scheduler, task, loop)
+    if not outcome.completed:
+        accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
+                          "the same command and --resume")
+        accelerator.end_training()
+        return outcome
+
+    model.eval()
+    choice = choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
+                                  outcome.metrics)
+    if accelerator.is_main_process:
+        final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
+        (final / "training_args.json").write_text(json.dumps(all_arguments(args, corpus, loop), indent=1) + "\n")
+        (output_dir / "validation_scores.json").write_text(json.dumps(choice, indent=1) + "\n")
+        plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
+        accelerator.print(f"saved {final} (beam {args.num_beams}, length penalty {choice['length_penalty']}, "
+                          f"weights: {choice['weights']}); curves in {output_dir / 'training_curves.png'}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return outcome
+
+
+def get_tokenizer(args: TranslationArguments, train_pairs, output_dir: Path):
+    """The given tokenizer; or the one this run trained before (resume); or a new joint BPE on the training pairs."""
+    if args.tokenizer:
+        return AutoTokenizer.from_pretrained(args.tokenizer)
+    folder = output_dir / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    texts = (text for row in train_pairs for text in (row["source"], row["target"]) if text)
+    tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size, show_progress=False)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+@torch.no_grad()
+def validate(accelerator, model, tokenizer, validation_set, validation_pairs, args: TranslationArguments, metrics,
+             with_loss: bool = True, **generate_kwargs) -> dict:
+    """Validation loss (cross-entropy per target token, no smoothing) and corpus BLEU / chrF of beam search, with
+    each process handling a share of the sentences."""
+    result = {}
+    if with_loss:
+        batches = token_batches(pair_lengths(validation_set), args.max_tokens, seed=0, epoch=0, shuffle=False)
+        collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+        totals = torch.zeros(2, device=accelerator.device)  # summed loss, target tokens
+        features = validation_set.select_columns(["input_ids", "labels"])
+        for indices in batches[accelerator.process_index :: accelerator.num_processes]:
+            batch = collate([features[i] for i in indices]).to(accelerator.device)
+            # num_items_in_batch=1: the summed loss
+            totals[0] += model(**batch, num_items_in_batch=1).loss.float()
+            totals[1] += (batch["labels"] != -100).sum()
+        totals = accelerator.reduce(totals, "sum")
+        result["val_loss"] = round((totals[0] / totals[1]).item(), 4)
+    sources, references = list(validation_pairs["source"]), list(validation_pairs["target"])
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    mine = order[accelerator.process_index :: accelerator.num_processes]
+    hypotheses = translate(accelerator.unwrap_model(model), tokenizer, [sources[i] for i in mine],
+                           batch_size=args.eval_batch_size, num_beams=args.num_beams, **generate_kwargs)
+    by_index = dict(gather_object(list(zip(mine, hypotheses))))
+    scores = score([by_index[i] for i in range(len(sources))], references, metrics)
+    result.update(val_bleu=scores["sacrebleu"], val_chrf=scores["chrf"])
+    return result
+
+
+def choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
+                         last_metrics: dict) -> dict:
+    """The final weights (the last step's, or the average of the last checkpoints) and the length penalty: the
+    best validation BLEU. Leaves the model with the chosen weights and generation settings."""
+    length_penalty = args.length_penalties[0]
+    choice = {"weights": "last step", "length_penalty": length_penalty, "val_bleu": last_metrics["val_bleu"],
+              "val_chrf": last_metrics["val_chrf"], "tried": [{"weights": "last step", "length_penalty": length_penalty,
+                                                                 **last_metrics}]}
+    checkpoints = sorted((Path(loop.output_dir) / "checkpoints").glob("step-*"),
+                         key=lambda p: int(p.name.removeprefix("step-")))[-loop.average_last :]
+    if loop.average_last > 1 and len(checkpoints) > 1:
+        last_state = {k: v.clone() for k, v in model.state_dict().items()}
+        average_checkpoints(model, checkpoints)
+        averaged = validate(accelerator, model, tokenizer, validation_set, validation_pairs, args, metrics,
+                            length_penalty=length_penalty)
+        name = f"average of {', '.join(p.name for p in checkpoints)}"
+        choice["tried"].append({"weights": name, "length_penalty": length_penalty, **averaged})
+        accelerator.print(f"validation, {name}: {averaged}")
+        if averaged["val_bleu"] > choice["val_bleu"]:
+            choice.update(weights=name, val_bleu=averaged["val_bleu"], val_chrf=averaged["val_chrf"])
+        else:
+            model.load_state_dict(last_state)
+    for penalty in args.length_penalties[1:]:
+        scores = validate(accelerator, model, tokenizer, validation_set, validation_pairs, args, metrics,
+                          with_loss=False, length_penalty=penalty)
+        choice["tried"].append({"weights": choice["weights"], "length_penalty": penalty, **scores})
+        accelerator.print(f"validation, length penalty {penalty}: {scores}")
+        if scores["val_bleu"] > choice["val_bleu"]:
+            choice.update(length_penalty=penalty, val_bleu=scores["val_bleu"], val_chrf=scores["val_chrf"])
+    accelerator.unwrap_model(model).generation_config.length_penalty = choice["length_penalty"]
+    accelerator.print(f"chosen on validation: {choice['weights']}, length penalty {choice['length_penalty']}: "
+                      f"BLEU {choice['val_bleu']}, chrF {choice['val_chrf']}")
+    return choice
+
+
+def all_arguments(*dataclasses) -> dict:
+    return {key: value for arguments in dataclasses for key, value in asdict(arguments).items()}
+
+
+def _scalars(arguments: dict) -> dict:
+    return {k: v for k, v in arguments.items() if isinstance(v, (int, float, str, bool))}
+
+
+def parse_args(argv: list[str] | None = None):
+    parser = HfArgumentParser((TranslationArguments, CorpusArguments, LoopArguments))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+if __name__ == "__main__":
+    outcome = main(*parse_args())
+    if outcome.stop_reason == "interrupted":
+        sys.exit(130)

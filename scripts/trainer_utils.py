@@ -1,0 +1,583 @@
+"""The Accelerate training loop shared by the training scripts (translation now, masked-LM pretraining next).
+
+A script brings its model, data and loss as a `TrainingTask`; `train()` does the rest, the same way on one CPU,
+one GPU or several processes (`accelerate launch`), with mixed precision, gradient accumulation and clipping:
+
+- Batches: the task lists an epoch's micro-batches (lists of example indices, `token_batches` for batches built
+  by token count); `steps_for_process` groups them into optimizer steps of num_processes x accumulation
+  micro-batches and hands each process its share. A global step therefore holds the same examples whatever the
+  number of processes: 2 processes x 1 micro-batch = 1 process x 2 accumulated micro-batches.
+- Loss: the task returns a token-level sum divided by the number of target items of the whole global step
+  (summed over processes and micro-batches); times num_processes, since DDP averages gradients. Each step's
+  gradient is then the mean over every item of the global batch, however it is split.
+- Checkpoints (`accelerator.save_state`): model, optimizer, scheduler, gradient scaler, each process's RNG state
+  and the `TrainingProgress` (epoch, step within it, global step, elapsed time). The data order is a function of
+  (seed, epoch), re-created and skipped on `--resume`, so a killed and resumed run ends with the same weights as
+  an uninterrupted one. Checkpoints are written to a temporary folder and renamed when complete.
+- Stops: `max_steps`, `num_epochs`, `max_train_minutes` (wall clock of the loop, evaluations included),
+  `max_steps_this_run` (stop with a checkpoint, to split a job), Ctrl-C or SIGTERM (finish the step, save, stop;
+  a second Ctrl-C interrupts at once). Every process stops at the same step.
+- Logs: a tqdm bar on the main process (loss, learning rate, tokens/s), `log.jsonl` (one JSON object per logged
+  step or evaluation), `training_curves.png` at the end, and Accelerate trackers (`--report_to tensorboard`).
+
+Multi-process on CPU, one machine (accelerate's `--cpu` launches a single process unless run under mpirun;
+torchrun's launcher with ACCELERATE_USE_CPU does it):
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 --main_process_port 29501 script.py ...
+"""
+
+import contextlib
+import json
+import shutil
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import get_inverse_sqrt_schedule
+
+
+@dataclass
+class LoopArguments:
+    output_dir: str = field(metadata={"help": "checkpoints/, log.jsonl, training_curves.png and the final model"})
+    max_steps: int | None = field(default=None, metadata={"help": "stop after this many optimizer steps"})
+    num_epochs: int | None = field(default=None, metadata={"help": "stop after this many passes over the data"})
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "wall-clock budget of the training loop (evaluations included), over resumes"}
+    )
+    max_steps_this_run: int | None = field(
+        default=None, metadata={"help": "stop after this many steps of this run, with a checkpoint (split a long job)"}
+    )
+    learning_rate: float | None = field(
+        default=None, metadata={"help": "peak learning rate, reached after warmup (default: the script's rule)"}
+    )
+    warmup_steps: int = field(default=4000, metadata={"help": "linear warmup, then inverse square root decay"})
+    adam_beta1: float = 0.9
+    adam_beta2: float = field(default=0.98, metadata={"help": "0.98 as in the paper (section 5.3)"})
+    adam_epsilon: float = field(default=1e-9, metadata={"help": "1e-9 as in the paper"})
+    weight_decay: float = 0.0
+    gradient_accumulation_steps: int = field(default=1, metadata={"help": "micro-batches per process per step"})
+    max_grad_norm: float | None = field(default=1.0, metadata={"help": "clip the gradient norm (None: no clipping)"})
+    mixed_precision: str | None = field(
+        default=None, metadata={"help": "no, bf16 or fp16 (default: accelerate launch's setting, else no)"}
+    )
+    seed: int = 0
+    logging_steps: int = field(default=10, metadata={"help": "log the training loss every N steps"})
+    eval_steps: int | None = field(default=None, metadata={"help": "evaluate every N steps (and at the end)"})
+    save_steps: int = field(default=500, metadata={"help": "checkpoint every N steps (and at the end)"})
+    keep_checkpoints: int = field(default=5, metadata={"help": "delete older checkpoints beyond this many"})
+    average_last: int = field(
+        default=1, metadata={"help": "average the weights of the last N checkpoints at the end (paper: 5)"}
+    )
+    resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    report_to: str | None = field(default=None, metadata={"help": "accelerate tracker(s): tensorboard, wandb, all"})
+
+    def __post_init__(self):
+        if self.max_steps is None and self.num_epochs is None and self.max_train_minutes is None:
+            raise ValueError("give at least one of --max_steps, --num_epochs, --max_train_minutes: when to stop")
+        if self.average_last > self.keep_checkpoints:
+            raise ValueError(
+                f"--average_last {self.average_last} needs at least that many checkpoints kept "
+                f"(--keep_checkpoints {self.keep_checkpoints})"
+            )
+        for name in ("gradient_accumulation_steps", "logging_steps", "save_steps", "keep_checkpoints", "average_last"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+
+
+def make_accelerator(args: LoopArguments) -> Accelerator:
+    return Accelerator(
+        mixed_precision=args.mixed_precision,
+        log_with=args.report_to,
+        project_dir=args.output_dir,
+        # Our scheduler counts optimizer steps. Stepped with the optimizer, accelerate would step it once per
+        # process (it assumes the per-process data shrinks with more processes; here the global batch is fixed).
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def make_optimizer(model: torch.nn.Module, args: LoopArguments, learning_rate: float):
+    """Adam with the paper's betas and epsilon, and its schedule: linear warmup to `learning_rate`, then
+    learning_rate * sqrt(warmup_steps / step) (section 5.3)."""
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=learning_rate,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+        weight_decay=args.weight_decay,
+    )
+    return optimizer, get_inverse_sqrt_schedule(optimizer, num_warmup_steps=args.warmup_steps)
+
+
+# ---------------------------------------------------------------------------------------------------- batches
+
+
+def token_batches(lengths: Sequence[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+    """Micro-batches of examples of similar length, each of at most `max_tokens` tokens counting padding
+    (`len(batch) * longest example`), in an order drawn from (seed, epoch); `shuffle=False`: by length, fixed.
+
+    Examples are sorted by length (ties broken at random) and cut greedily: little padding, as the paper's
+    "sentence pairs were batched together by approximate sequence length" (section 5.1)."""
+    lengths = np.asarray(lengths)
+    if lengths.size and lengths.max() > max_tokens:
+        raise ValueError(
+            f"an example of {lengths.max()} tokens does not fit in --max_tokens {max_tokens}: raise --max_tokens "
+            "or lower the maximum length"
+        )
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
+    order = order[np.argsort(lengths[order], kind="stable")]
+    batches, batch, longest = [], [], 0
+    for index in order.tolist():
+        if batch and max(longest, lengths[index]) * (len(batch) + 1) > max_tokens:
+            batches.append(batch)
+            batch, longest = [], 0
+        batch.append(index)
+        longest = max(longest, int(lengths[index]))
+    if batch:
+        batches.append(batch)
+    if shuffle:
+        batches = [batches[i] for i in rng.permutation(len(batches))]
+    return batches
+
+
+def steps_for_process(
+    batches: list[list[int]], num_processes: int, process_index: int, accumulation: int
+) -> list[list[list[int]]]:
+    """Group an epoch's micro-batches into optimizer steps of `num_processes * accumulation` micro-batches and
+    return this process's share: `accumulation` micro-batches per step.
+
+    So that every example is seen exactly once per epoch and every process has the same number of micro-batches,
+    the largest micro-batches are split in two until the count is a multiple of the step size (a split batch
+    never has more padding than the whole). This depends on the step size only, not on how it is made up."""
+    per_step = num_processes * accumulation
+    batches = list(batches)
+    if sum(len(batch) for batch in batches) < per_step:
+        raise ValueError(
+            f"{sum(len(b) for b in batches)} examples cannot fill one step of {num_processes} processes x "
+            f"{accumulation} accumulated micro-batches"
+        )
+    while len(batches) % per_step:
+        largest = max(range(len(batches)), key=lambda i: len(batches[i]))
+        batch = batches[largest]
+        batches[largest : largest + 1] = [batch[: len(batch) // 2], batch[len(batch) // 2 :]]
+    steps = [batches[start : start + per_step] for start in range(0, len(batches), per_step)]
+    return [step[process_index * accumulation : (process_index + 1) * accumulation] for step in steps]
+
+
+# ------------------------------------------------------------------------------------------------ the task
+
+
+@dataclass
+class TrainingTask:
+    """What a script brings to `train()`.
+
+    epoch_batches(epoch): all micro-batches of that epoch (lists of indices into `dataset`), the same on every
+        process, in training order; a deterministic function of the epoch (resuming re-creates it).
+    collate(examples): a list of `dataset` items -> a dict of tensors.
+    loss(model, batch, num_items_in_batch): the summed loss of the batch divided by `num_items_in_batch`, the
+        item count of the whole global step (e.g. `model(**batch, num_items_in_batch=n).loss`).
+    count_items(batch): the items the loss is averaged over (default: labels != -100).
+    count_tokens(batch): the tokens reported as throughput (default: attention_mask, plus labels != -100).
+    evaluate(model): {name: value} on held-out data, run on every process (shard the work, gather the result).
+    signature: what fixes the data order (e.g. max_tokens, dataset size); a checkpoint made with other values is
+        refused, since resuming it would not reproduce the interrupted run.
+    """
+
+    dataset: object
+    collate: Callable[[list], dict]
+    epoch_batches: Callable[[int], list[list[int]]]
+    loss: Callable[[torch.nn.Module, dict, torch.Tensor], torch.Tensor]
+    count_items: Callable[[dict], torch.Tensor] = lambda batch: (batch["labels"] != -100).sum()
+    count_tokens: Callable[[dict], torch.Tensor] = lambda batch: batch["attention_mask"].sum() + (
+        batch["labels"] != -100
+    ).sum()
+    evaluate: Callable[[torch.nn.Module], dict[str, float]] | None = None
+    signature: dict = field(default_factory=dict)
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands; saved in every checkpoint (accelerator.register_for_checkpointing)."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps already done in `epoch`
+    global_step: int = 0
+    train_seconds: float = 0.0
+    signature: dict = field(default_factory=dict)
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+@dataclass
+class TrainOutcome:
+    global_step: int
+    epoch: int
+    train_seconds: float
+    completed: bool  # False: stopped by --max_steps_this_run or a signal; resume with --resume
+    stop_reason: str
+    checkpoint: Path
+    metrics: dict  # the evaluation at the last step ({} when stopped early or without `task.evaluate`)
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be resumed from: missing, corrupt, or written by an incompatible run."""
+
+
+class Checkpoints:
+    """`output_dir/checkpoints/step-N` folders written by `accelerator.save_state`."""
+
+    def __init__(self, output_dir: str | Path, keep: int):
+        self.folder = Path(output_dir) / "checkpoints"
+        self.keep = keep
+
+    def all(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a save that was cut short is left in a `tmp-` folder, not listed)."""
+        if not self.folder.is_dir():
+            return []
+        found = [p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("step-")]
+        return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+    def save(self, accelerator: Accelerator, step: int) -> Path:
+        final = self.folder / f"step-{step}"
+        partial = self.folder / f"tmp-step-{step}"
+        if accelerator.is_main_process and partial.exists():
+            shutil.rmtree(partial)
+        accelerator.wait_for_everyone()
+        accelerator.save_state(str(partial))  # every process writes its RNG state; the main one the rest
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)  # complete, or not there at all
+            for old in self.all()[: -self.keep]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        return final
+
+    def load(self, accelerator: Accelerator, checkpoint: Path, progress: TrainingProgress) -> None:
+        rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+        if not rng_file.is_file():
+            # accelerate would skip a missing RNG state silently; the run would then not reproduce.
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: it has no {rng_file.name} (written by a run with fewer processes, "
+                "or cut short); resume with the same number of processes, or start a new --output_dir"
+            )
+        expected = dict(progress.signature)
+        try:
+            accelerator.load_state(str(checkpoint))
+        except Exception as error:  # any failure to read or fit the state
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: {type(error).__name__}: {error}. The checkpoint is corrupt or was "
+                "written by a different model or optimizer; delete this folder to resume from the previous "
+                "checkpoint, or start a new --output_dir"
+            ) from error
+        mismatched = {k: (progress.signature.get(k), v) for k, v in expected.items() if progress.signature.get(k) != v}
+        if mismatched:
+            details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in mismatched.items())
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: it was written by a run with other settings ({details}); resuming "
+                "would not reproduce that run's data order. Use the same settings, or start a new --output_dir"
+            )
+
+
+@torch.no_grad()
+def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> None:
+    """Set the model's weights to the mean of the checkpoints' (the paper averages the last 5, section 6.1).
+    `model` is the prepared model the checkpoints were saved from."""
+    total = None
+    for checkpoint in checkpoints:
+        safetensors.torch.load_model(model, checkpoint / "model.safetensors")  # resolves tied weights
+        state = model.state_dict()
+        if total is None:
+            total = {k: v.float().clone() for k, v in state.items() if v.is_floating_point()}
+        else:
+            for key in total:
+                total[key] += state[key].float()
+    model.load_state_dict({k: (v / len(checkpoints)).to(model.state_dict()[k].dtype) for k, v in total.items()}, strict=False)
+
+
+# ------------------------------------------------------------------------------------------------------ logs
+
+
+class JsonLinesLog:
+    """One JSON object per line: every logged step and evaluation. Written by the main process."""
+
+    def __init__(self, path: str | Path, enabled: bool):
+        self.path = Path(path)
+        self.enabled = enabled
+
+    def start(self, resumed_at_step: int | None) -> None:
+        """A fresh run empties the log; a resumed one drops what the interrupted run logged after its checkpoint."""
+        if not self.enabled:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        kept = [r for r in self.records() if resumed_at_step is not None and r["step"] <= resumed_at_step]
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+
+    def write(self, record: dict) -> None:
+        if self.enabled:
+            with self.path.open("a") as handle:
+                handle.write(json.dumps(record) + "\n")
+
+    def records(self) -> list[dict]:
+        if not self.path.is_file():
+            return []
+        return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
+
+
+def plot_log(log_path: str | Path, png_path: str | Path) -> Path:
+    """Loss curves (training and validation), the validation metrics and the learning rate, against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    records = JsonLinesLog(log_path, enabled=False).records()
+
+    def series(key):
+        points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float))]
+        return [p[0] for p in points], [p[1] for p in points]
+
+    keys = sorted({k for r in records for k, v in r.items() if isinstance(v, (int, float))})
+    panels = [
+        ("loss", [k for k in keys if k.endswith("loss")]),
+        ("validation metrics", [k for k in keys if k.startswith("val_") and not k.endswith("loss")]),
+        ("learning rate", ["lr"] if "lr" in keys else []),
+    ]
+    panels = [(title, names) for title, names in panels if names]
+    figure, axes = plt.subplots(1, max(len(panels), 1), figsize=(5 * max(len(panels), 1), 3.8), squeeze=False)
+    for axis, (title, names) in zip(axes[0], panels):
+        for name in names:
+            steps, values = series(name)
+            axis.plot(steps, values, marker="o" if len(steps) < 30 else None, label=name)
+        axis.set_title(title)
+        axis.set_xlabel("step")
+        axis.legend()
+        axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(png_path, dpi=100)
+    plt.close(figure)
+    return Path(png_path)
+
+
+# ------------------------------------------------------------------------------------------------- signals
+
+
+class StopSignals:
+    """Ctrl-C (SIGINT) and SIGTERM ask the loop to finish its step, save a checkpoint and stop; a second Ctrl-C
+    interrupts at once."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        with contextlib.suppress(ValueError):  # signal handlers can only be set in the main thread
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.received == signal.SIGINT and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signum
+
+
+# ---------------------------------------------------------------------------------------------------- the loop
+
+
+def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingTask, args: LoopArguments) -> TrainOutcome:
+    """Train the prepared `model` (`accelerator.prepare(model, optimizer, scheduler)` done by the caller)."""
+    progress = TrainingProgress(signature={**task.signature, "num_processes": accelerator.num_processes,
+                                           "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                                           "seed": args.seed})
+    accelerator.register_for_checkpointing(progress)
+    checkpoints = Checkpoints(args.output_dir, args.keep_checkpoints)
+    log = JsonLinesLog(Path(args.output_dir) / "log.jsonl", enabled=accelerator.is_main_process)
+    if args.resume:
+        if not checkpoints.all():
+            raise CheckpointError(f"--resume: no checkpoint in {checkpoints.folder}")
+        latest = checkpoints.all()[-1]
+        checkpoints.load(accelerator, latest, progress)
+        accelerator.print(f"resumed from {latest}: epoch {progress.epoch}, step {progress.global_step}")
+        log.start(resumed_at_step=progress.global_step)
+    else:
+        if checkpoints.all():
+            raise CheckpointError(
+                f"{checkpoints.folder} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+                "another --output_dir"
+            )
+        log.start(resumed_at_step=None)
+
+    window = {"loss": torch.zeros((), device=accelerator.device), "tokens": torch.zeros((), device=accelerator.device),
+              "steps": 0, "start": time.monotonic()}
+    seconds_before, run_start, steps_this_run = progress.train_seconds, time.monotonic(), 0
+    last_saved = progress.global_step if args.resume else None
+    last_eval = {}
+    bar = tqdm(total=args.max_steps, initial=progress.global_step, unit="step", dynamic_ncols=True,
+               disable=not accelerator.is_local_main_process, desc="training")
+    model.train()
+    with StopSignals() as signals:
+        stop_reason = _stop_reason(accelerator, args, progress, steps_this_run, signals)
+        while stop_reason is None:
+            batches = task.epoch_batches(progress.epoch)
+            steps = steps_for_process(batches, accelerator.num_processes, accelerator.process_index,
+                                      args.gradient_accumulation_steps)
+            remaining = [micro for step in steps[progress.step_in_epoch :] for micro in step]
+            # A generator of its own: creating the loader's iterator would otherwise draw from the global RNG
+            # (dropout's), which a resumed run does at another point than the run it continues.
+            loader = DataLoader(task.dataset, batch_sampler=remaining, collate_fn=task.collate,
+                                generator=torch.Generator())
+            micro_batches = iter(loader)
+            for _ in range(len(steps) - progress.step_in_epoch):
+                step_batches = [_to_device(next(micro_batches), accelerator.device)
+                                for _ in range(args.gradient_accumulation_steps)]
+                _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_batches, window)
+                progress.global_step += 1
+                progress.step_in_epoch += 1
+                steps_this_run += 1
+                if progress.step_in_epoch == len(steps):
+                    progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+                bar.update()
+
+                if progress.global_step % args.logging_steps == 0:
+                    record = _window_record(accelerator, scheduler, progress, window)
+                    log.write(record)
+                    accelerator.log(record, step=progress.global_step)
+                    bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
+                                    tok_s=f"{record['tokens_per_second']:.0f}")
+                if args.eval_steps and progress.global_step % args.eval_steps == 0 and task.evaluate:
+                    last_eval.update(step=progress.global_step,
+                                     metrics=_evaluate(accelerator, model, task, progress, log))
+                if progress.global_step % args.save_steps == 0:
+                    progress.train_seconds = seconds_before + time.monotonic() - run_start
+                    checkpoints.save(accelerator, progress.global_step)
+                    last_saved = progress.global_step
+
+                progress.train_seconds = seconds_before + time.monotonic() - run_start
+                stop_reason = _stop_reason(accelerator, args, progress, steps_this_run, signals)
+                if stop_reason is not None:
+                    break
+    bar.close()
+
+    if last_saved != progress.global_step:
+        checkpoints.save(accelerator, progress.global_step)
+    completed = stop_reason not in ("interrupted", "--max_steps_this_run")
+    accelerator.print(f"training stopped at step {progress.global_step} (epoch {progress.epoch}): {stop_reason}; "
+                      f"{progress.train_seconds / 60:.1f} min of training in all")
+    if completed and task.evaluate:
+        if last_eval.get("step") != progress.global_step:
+            last_eval.update(step=progress.global_step, metrics=_evaluate(accelerator, model, task, progress, log))
+    return TrainOutcome(progress.global_step, progress.epoch, progress.train_seconds, completed, stop_reason,
+                        checkpoints.all()[-1], last_eval.get("metrics", {}) if completed else {})
+
+
+def _to_device(batch: dict, device) -> dict:
+    return {key: value.to(device) for key, value in batch.items()}
+
+
+def _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_batches, window) -> None:
+    local_items = sum(task.count_items(batch) for batch in step_batches)
+    global_items = accelerator.reduce(torch.as_tensor(local_items, device=accelerator.device).float(), "sum")
+    for i, batch in enumerate(step_batches):
+        last = i == len(step_batches) - 1
+        # Gradients are all-reduced once per step, on the last micro-batch.
+        with contextlib.nullcontext() if last else accelerator.no_sync(model):
+            loss = task.loss(model, batch, global_items) * accelerator.num_processes  # DDP averages; undo it
+            accelerator.backward(loss)
+        window["loss"] += loss.detach() / accelerator.num_processes
+        window["tokens"] += task.count_tokens(batch)
+    if args.max_grad_norm is not None:
+        window["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    optimizer.step()
+    if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
+        scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    window["steps"] += 1
+
+
+def _window_record(accelerator, scheduler, progress, window) -> dict:
+    """Mean training loss and throughput since the last log, over all processes."""
+    loss = accelerator.reduce(window["loss"].clone(), "sum").item() / window["steps"]
+    tokens = accelerator.reduce(window["tokens"].clone().float(), "sum").item()
+    seconds = time.monotonic() - window["start"]
+    record = {"step": progress.global_step, "epoch": progress.epoch, "loss": round(loss, 5),
+              "lr": scheduler.get_last_lr()[0], "tokens_per_second": round(tokens / seconds, 1),
+              "elapsed_minutes": round(progress.train_seconds / 60, 3)}
+    if "grad_norm" in window:
+        record["grad_norm"] = round(float(window["grad_norm"]), 5)
+    window.update(loss=torch.zeros_like(window["loss"]), tokens=torch.zeros_like(window["tokens"]), steps=0,
+                  start=time.monotonic())
+    return record
+
+
+def _evaluate(accelerator, model, task, progress, log) -> dict:
+    model.eval()
+    metrics = task.evaluate(model)
+    model.train()
+    record = {"step": progress.global_step, **metrics}
+    log.write(record)
+    accelerator.log(metrics, step=progress.global_step)
+    accelerator.print("  ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in record.items()))
+    return metrics
+
+
+def _stop_reason(accelerator, args, progress, steps_this_run, signals) -> str | None:
+    """The same answer on every process: local reasons (a signal, the clock) are agreed on by a reduction."""
+    if args.max_steps is not None and progress.global_step >= args.max_steps:
+        return f"--max_steps {args.max_steps}"
+    if args.num_epochs is not None and progress.epoch >= args.num_epochs:
+        return f"{args.num_epochs} epochs"
+    if args.max_steps_this_run is not None and steps_this_run >= args.max_steps_this_run:
+        return "--max_steps_this_run"
+    out_of_time = args.max_train_minutes is not None and progress.train_seconds >= 60 * args.max_train_minutes
+    flags = torch.tensor([signals.received is not None, out_of_time], dtype=torch.float32, device=accelerator.device)
+    if accelerator.num_processes > 1:
+        flags = accelerator.reduce(flags, "sum")
+    if flags[0] > 0:
+        return "interrupted"
+    if flags[1] > 0:
+        return f"--max_train_minutes {args.max_train_minutes}"
+    return None
+
+
+def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
+    """The peak of the paper's schedule, lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), reached at
+    step = warmup: d_model^-0.5 * warmup^-0.5 (times `factor`)."""
+    return factor * d_model**-0.5 * warmup_steps**-0.5
+
+
+__all__ = [
+    "LoopArguments",
+    "TrainingTask",
+    "TrainOutcome",
+    "CheckpointError",
+    "Checkpoints",
+    "make_accelerator",
+    "make_optimizer",
+    "token_batches",
+    "steps_for_process",
+    "train",
+    "average_checkpoints",
+    "plot_log",
+    "paper_learning_rate",
+]

@@ -41,6 +41,11 @@ class VanillaBertConfig(PreTrainedConfig):
             do: about 85% less head compute at 15% masking, the same loss. The returned `logits` are then
             (number of masked positions, vocab_size), in row-major order of the masked positions
             (`labels != -100`); without labels the head runs everywhere as usual.
+        skip_padding: run the position-wise work (projections, feed-forward, norms, residuals) on the real tokens
+            of a padded batch only, the attention kernel alone seeing the padded layout (`layers.Unpadder`). The
+            outputs at real tokens are unchanged; at padding positions they are 0 instead of the arbitrary values
+            a padded model computes there. Faster in proportion to the padding; off by default so that every
+            output position matches a reference implementation.
         classifier_dropout: dropout before the classification heads; `None` uses `hidden_dropout_prob`.
         tie_word_embeddings: share the word embedding matrix with the MLM output projection (BERT does).
         pad_token_id: id of [PAD]; its embedding gets no gradient.
@@ -66,6 +71,7 @@ class VanillaBertConfig(PreTrainedConfig):
     position_embedding_type: str = "learned"
     normalize_before: bool = False
     sparse_prediction: bool = False
+    skip_padding: bool = False
     classifier_dropout: float | None = None
     tie_word_embeddings: bool = True
     pad_token_id: int | None = 0

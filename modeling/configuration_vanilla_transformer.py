@@ -63,6 +63,12 @@ class VanillaTransformerConfig(PreTrainedConfig):
         scale_embedding: multiply token embeddings by sqrt(d_model), as the paper does.
         layer_norm_eps: epsilon of every LayerNorm.
         lm_head_bias: give the output projection a bias (needed to carry Marian's `final_logits_bias`).
+        skip_padding: run the position-wise work (projections, feed-forward, norms, residuals) on the real tokens
+            of a padded batch only, the attention kernel alone seeing the padded layout (`layers.Unpadder`); in the
+            decoder under teacher forcing, the padding after each target's last label. The
+            outputs at real tokens are unchanged; at padding positions they are 0 instead of the arbitrary values
+            a padded model computes there. Faster in proportion to the padding; off by default so that every
+            output position matches a reference implementation.
         init_std: standard deviation of the embedding initialisation; `None` gives d_model**-0.5, which after
             the sqrt(d_model) scaling gives unit-variance inputs.
         tie_word_embeddings: share the embedding matrix with the pre-softmax projection (the paper does).
@@ -95,6 +101,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
     scale_embedding: bool = True
     layer_norm_eps: float = 1e-5
     lm_head_bias: bool = False
+    skip_padding: bool = False
     init_std: float | None = None
     use_cache: bool = True
     is_encoder_decoder: bool = True

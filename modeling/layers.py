@@ -51,6 +51,31 @@ def mask_config(config, output_attentions: bool):
     return config
 
 
+class Unpadder:
+    """No work on padding: the position-wise parts of a layer (projections, feed-forward, norms, residuals) run on
+    the N real tokens of a padded (B, T) batch; only the attention kernel sees the (B, T) layout, rebuilt from
+    them. Outputs at padding positions come back as zeros (a padded model gives arbitrary values there)."""
+
+    def __init__(self, token_mask: torch.Tensor):  # (B, T), True = real token
+        self.batch, self.length = token_mask.shape
+        self.indices = token_mask.flatten().nonzero().squeeze(1)  # (N,) positions in the flattened (B * T) grid
+
+    @classmethod
+    def for_mask(cls, attention_mask: torch.Tensor | None) -> "Unpadder | None":
+        """An Unpadder when the 2D mask (1 = token, 0 = padding) has padding; None otherwise."""
+        if attention_mask is None or attention_mask.dim() != 2 or torch.compiler.is_compiling():
+            return None
+        token_mask = attention_mask.bool()
+        return None if bool(token_mask.all()) else cls(token_mask)
+
+    def unpad(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(0, 1).index_select(0, self.indices)  # (B, T, ...) -> (N, ...)
+
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        grid = x.new_zeros(self.batch * self.length, *x.shape[1:])
+        return grid.index_copy(0, self.indices, x).view(self.batch, self.length, *x.shape[1:])  # (N, ...) -> (B, T, ...)
+
+
 class MultiHeadAttention(nn.Module):
     """Multi-head attention (section 3.2.2), one module for the three roles; the call site picks the role:
 
@@ -85,9 +110,13 @@ class MultiHeadAttention(nn.Module):
         is_causal: bool = False,
         past_key_values: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
+        unpadder: Unpadder | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        batch, length, _ = hidden_states.shape
-        query = self.q_proj(hidden_states).view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
+        # With an unpadder, hidden_states are the (N, D) real tokens: project them, then lay them out as (B, T).
+        to_grid = unpadder.pad if unpadder is not None else (lambda x: x)
+        query = to_grid(self.q_proj(hidden_states))  # (B, T, H * Dh)
+        batch, length, _ = query.shape
+        query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
 
         is_cross_attention = key_value_states is not None
         if is_cross_attention and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
@@ -95,10 +124,13 @@ class MultiHeadAttention(nn.Module):
             cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values  # (B, K, S, Dh)
         else:
-            source = key_value_states if is_cross_attention else hidden_states
-            kv_shape = (batch, source.shape[1], -1, self.head_dim)
-            key = self.k_proj(source).view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
-            value = self.v_proj(source).view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
+            if is_cross_attention:  # the encoder output, (B, S, D)
+                key, value = self.k_proj(key_value_states), self.v_proj(key_value_states)
+            else:
+                key, value = to_grid(self.k_proj(hidden_states)), to_grid(self.v_proj(hidden_states))
+            kv_shape = (batch, key.shape[1], -1, self.head_dim)
+            key = key.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
+            value = value.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             if past_key_values is not None and is_cross_attention:
                 key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
                 past_key_values.is_updated[self.layer_idx] = True
@@ -121,6 +153,8 @@ class MultiHeadAttention(nn.Module):
             is_causal=is_causal,
         )
         output = output.reshape(batch, length, -1)  # (B, T, H * Dh): the heads concatenated
+        if unpadder is not None:
+            output = unpadder.unpad(output)  # (N, H * Dh)
         return self.o_proj(output), weights
 
 
@@ -245,6 +279,7 @@ class TransformerLayer(GradientCheckpointingLayer):
         is_causal: bool = False,
         past_key_values: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
+        unpadder: Unpadder | None = None,  # hidden_states are then the (N, D) real tokens
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         x = hidden_states
         h, self_attn_weights = self.self_attn(
@@ -253,6 +288,7 @@ class TransformerLayer(GradientCheckpointingLayer):
             is_causal=is_causal,
             past_key_values=past_key_values,
             output_attentions=output_attentions,
+            unpadder=unpadder,
         )
         x = self._add_and_norm(x, h, self.self_attn_norm)
 
@@ -264,6 +300,7 @@ class TransformerLayer(GradientCheckpointingLayer):
                 attention_mask=encoder_attention_mask,
                 past_key_values=past_key_values,
                 output_attentions=output_attentions,
+                unpadder=unpadder,
             )
             x = self._add_and_norm(x, h, self.cross_attn_norm)
 
@@ -301,11 +338,16 @@ class LayerStack(nn.Module):
         past_key_values: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
+        unpadder: Unpadder | None = None,
     ) -> StackOutput:
+        """With an `unpadder` the layers work on real tokens only; what comes out is padded again, (B, T, D)."""
         all_hidden_states, self_attentions, cross_attentions = [], [], []
+        repad = unpadder.pad if unpadder is not None else (lambda x: x)
+        if unpadder is not None:
+            hidden_states = unpadder.unpad(hidden_states)  # (N, D)
         for layer in self.layers:
             if output_hidden_states:
-                all_hidden_states.append(hidden_states)
+                all_hidden_states.append(repad(hidden_states))
             hidden_states, self_attn_weights, cross_attn_weights = layer(
                 hidden_states,
                 attention_mask,
@@ -314,11 +356,13 @@ class LayerStack(nn.Module):
                 is_causal=is_causal,
                 past_key_values=past_key_values,
                 output_attentions=output_attentions,
+                unpadder=unpadder,
             )
             self_attentions.append(self_attn_weights)
             cross_attentions.append(cross_attn_weights)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
+        hidden_states = repad(hidden_states)  # (B, T, D)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         return StackOutput(

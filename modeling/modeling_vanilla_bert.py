@@ -23,7 +23,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_vanilla_bert import VanillaBertConfig
-from .layers import LayerStack, PositionEmbedding, check_token_ids, mask_config
+from .layers import LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
 
 
 def check_segment_ids(token_type_ids: torch.Tensor, type_vocab_size: int) -> None:
@@ -200,6 +200,7 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
             attention_mask=padding_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding else None,
         )
         output = BaseModelOutputWithPooling(
             last_hidden_state=stack.last_hidden_state,

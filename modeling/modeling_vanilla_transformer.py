@@ -17,7 +17,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .layers import LayerStack, PositionEmbedding, check_token_ids, mask_config
+from .layers import LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -25,6 +25,17 @@ def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_to
     decoder_input_ids = labels.new_full(labels.shape, decoder_start_token_id)
     decoder_input_ids[:, 1:] = labels[:, :-1]
     return decoder_input_ids.masked_fill(decoder_input_ids == -100, pad_token_id)
+
+
+def target_prefix_mask(labels: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask of the target positions up to each row's last label (the padding after it carries no loss).
+
+    Used as the decoder attention mask in teacher forcing, it changes no output that the loss reads: under the
+    causal mask a position never sees the ones after it. It lets the decoder skip the padding (`Unpadder`).
+    """
+    positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)  # (T,)
+    last = ((labels != -100) * positions).amax(dim=1, keepdim=True)  # (B, 1): 1-based position of the last label
+    return (positions <= last).long()
 
 
 def layer_args(config: VanillaTransformerConfig, side: str) -> dict:
@@ -120,6 +131,7 @@ class TransformerEncoder(LayerStack):
             attention_mask=padding_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding else None,
         )
         output = BaseModelOutput(
             last_hidden_state=stack.last_hidden_state,
@@ -189,6 +201,8 @@ class TransformerDecoder(LayerStack):
             past_key_values=past_key_values,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            # Teacher forcing: no work on padding. Decoding with a cache: one position per step, nothing to drop.
+            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding and past_key_values is None else None,
         )
         return stack, past_key_values
 
@@ -327,6 +341,8 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             use_cache = False  # teacher forcing: the whole target in one parallel pass, nothing to cache
             if decoder_input_ids is None and decoder_inputs_embeds is None:
                 decoder_input_ids = self.prepare_decoder_input_ids_from_labels(labels)
+            if decoder_attention_mask is None and self.config.skip_padding:
+                decoder_attention_mask = target_prefix_mask(labels)
         outputs = self.model(
             input_ids=input_ids,
             attention_mask=attention_mask,

@@ -56,23 +56,17 @@ def score(hypotheses: list[str], references: list[str], metrics: dict) -> dict:
 
 @torch.no_grad()
 def translate(model, tokenizer, sources: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
-    """Batched generation in order of source length (little padding); the results in the order of `sources`.
-
-    At most 1.5 x the longest source + 10 new tokens per batch (fairseq's max_len_a/b idea), and never more than
-    the generation config's max_new_tokens: a translation is rarely longer, and a half-trained model's repetition
-    loops stop early."""
+    """Batched generation, in order of source length (little padding); the results in the order of `sources`.
+    `generate_kwargs` override the model's generation config (num_beams, length_penalty, max_new_tokens...)."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    limit = model.generation_config.max_new_tokens or model.config.max_position_embeddings - 1
-    max_source = model.config.max_position_embeddings
     translations = [""] * len(sources)
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True, max_length=max_source,
-                          return_tensors="pt").to(model.device)
-        max_new_tokens = min(limit, int(1.5 * batch["input_ids"].shape[1]) + 10)
-        output = model.generate(**batch, max_new_tokens=max_new_tokens, **generate_kwargs)
+        batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True,
+                          max_length=model.config.max_position_embeddings, return_tensors="pt").to(model.device)
+        output = model.generate(**batch, **generate_kwargs)
         for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
-            translations[i] = text.strip()
+            translations[i] = text
     return translations
 
 

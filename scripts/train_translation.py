@@ -120,7 +120,8 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
     lengths = pair_lengths(train_set)
     batches = token_batches(lengths, args.max_tokens, loop.seed, epoch=0)
     accelerator.print(
-        f"model: {model.num_parameters() / 1e6:.2f}M parameters, peak learning rate {learning_rate:.2e}; "
+        f"model: {accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak learning rate "
+        f"{learning_rate:.2e}; "
         f"{len(batches)} micro-batches of at most {args.max_tokens} tokens per epoch "
         f"({lengths.sum() / len(batches):.0f} tokens of the longer side each, on average), "
         f"global batch = {accelerator.num_processes} processes x {loop.gradient_accumulation_steps} micro-batches"
@@ -202,7 +203,8 @@ def validate(accelerator, model, tokenizer, validation_set, validation_pairs, ar
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     mine = order[accelerator.process_index :: accelerator.num_processes]
     hypotheses = translate(accelerator.unwrap_model(model), tokenizer, [sources[i] for i in mine],
-                           batch_size=args.eval_batch_size, num_beams=args.num_beams, **generate_kwargs)
+                           batch_size=args.eval_batch_size, num_beams=args.num_beams,
+                           max_new_tokens=args.max_length, **generate_kwargs)
     by_index = dict(gather_object(list(zip(mine, hypotheses))))
     scores = score([by_index[i] for i in range(len(sources))], references, metrics)
     result.update(val_bleu=scores["sacrebleu"], val_chrf=scores["chrf"])
@@ -212,7 +214,7 @@ def validate(accelerator, model, tokenizer, validation_set, validation_pairs, ar
 def choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
                          last_metrics: dict) -> dict:
     """The final weights (the last step's, or the average of the last checkpoints) and the length penalty: the
-    best validation BLEU. Leaves the model with the chosen weights and generation settings."""
+    best validation BLEU (then chrF). Leaves the model with the chosen weights and generation settings."""
     length_penalty = args.length_penalties[0]
     choice = {"weights": "last step", "length_penalty": length_penalty, "val_bleu": last_metrics["val_bleu"],
               "val_chrf": last_metrics["val_chrf"], "tried": [{"weights": "last step", "length_penalty": length_penalty,
@@ -227,7 +229,7 @@ def choose_on_validation(accelerator, model, tokenizer, validation_set, validati
         name = f"average of {', '.join(p.name for p in checkpoints)}"
         choice["tried"].append({"weights": name, "length_penalty": length_penalty, **averaged})
         accelerator.print(f"validation, {name}: {averaged}")
-        if averaged["val_bleu"] > choice["val_bleu"]:
+        if (averaged["val_bleu"], averaged["val_chrf"]) > (choice["val_bleu"], choice["val_chrf"]):
             choice.update(weights=name, val_bleu=averaged["val_bleu"], val_chrf=averaged["val_chrf"])
         else:
             model.load_state_dict(last_state)
@@ -236,7 +238,7 @@ def choose_on_validation(accelerator, model, tokenizer, validation_set, validati
                           with_loss=False, length_penalty=penalty)
         choice["tried"].append({"weights": choice["weights"], "length_penalty": penalty, **scores})
         accelerator.print(f"validation, length penalty {penalty}: {scores}")
-        if scores["val_bleu"] > choice["val_bleu"]:
+        if (scores["val_bleu"], scores["val_chrf"]) > (choice["val_bleu"], choice["val_chrf"]):
             choice.update(length_penalty=penalty, val_bleu=scores["val_bleu"], val_chrf=scores["val_chrf"])
     accelerator.unwrap_model(model).generation_config.length_penalty = choice["length_penalty"]
     accelerator.print(f"chosen on validation: {choice['weights']}, length penalty {choice['length_penalty']}: "

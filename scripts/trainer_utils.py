@@ -27,6 +27,7 @@ torchrun's launcher with ACCELERATE_USE_CPU does it):
 
 import contextlib
 import json
+import logging
 import shutil
 import signal
 import time
@@ -38,9 +39,13 @@ import numpy as np
 import safetensors.torch
 import torch
 from accelerate import Accelerator
+from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
-from transformers import get_inverse_sqrt_schedule
+
+# Tied weights (embeddings = output projection) are stored once in a checkpoint, as they should be; accelerate
+# warns about it at every save.
+logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
 @dataclass
@@ -86,7 +91,8 @@ class LoopArguments:
                 f"--average_last {self.average_last} needs at least that many checkpoints kept "
                 f"(--keep_checkpoints {self.keep_checkpoints})"
             )
-        for name in ("gradient_accumulation_steps", "logging_steps", "save_steps", "keep_checkpoints", "average_last"):
+        for name in ("gradient_accumulation_steps", "warmup_steps", "logging_steps", "save_steps", "keep_checkpoints",
+                     "average_last"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
 
@@ -102,9 +108,20 @@ def make_accelerator(args: LoopArguments) -> Accelerator:
     )
 
 
+def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
+    """The paper's schedule (section 5.3) as a fraction of its peak, for optimizer step `step` counted from 1:
+    step / warmup_steps during the warmup, then sqrt(warmup_steps / step)."""
+    return min(step / warmup_steps, (warmup_steps / step) ** 0.5)
+
+
+def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
+    """The peak of lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), reached at step = warmup:
+    d_model^-0.5 * warmup^-0.5 (times `factor`)."""
+    return factor * d_model**-0.5 * warmup_steps**-0.5
+
+
 def make_optimizer(model: torch.nn.Module, args: LoopArguments, learning_rate: float):
-    """Adam with the paper's betas and epsilon, and its schedule: linear warmup to `learning_rate`, then
-    learning_rate * sqrt(warmup_steps / step) (section 5.3)."""
+    """Adam with the paper's betas and epsilon, and the inverse square root schedule peaking at `learning_rate`."""
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=learning_rate,
@@ -112,7 +129,8 @@ def make_optimizer(model: torch.nn.Module, args: LoopArguments, learning_rate: f
         eps=args.adam_epsilon,
         weight_decay=args.weight_decay,
     )
-    return optimizer, get_inverse_sqrt_schedule(optimizer, num_warmup_steps=args.warmup_steps)
+    # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0).
+    return optimizer, LambdaLR(optimizer, lambda index: inverse_sqrt_factor(index + 1, args.warmup_steps))
 
 
 # ---------------------------------------------------------------------------------------------------- batches
@@ -460,7 +478,7 @@ def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingT
                 bar.update()
 
                 if progress.global_step % args.logging_steps == 0:
-                    record = _window_record(accelerator, scheduler, progress, window)
+                    record = _window_record(accelerator, progress, window)
                     log.write(record)
                     accelerator.log(record, step=progress.global_step)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
@@ -508,6 +526,7 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_b
         window["tokens"] += task.count_tokens(batch)
     if args.max_grad_norm is not None:
         window["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
+    window["lr"] = scheduler.get_last_lr()[0]  # the rate of this step
     optimizer.step()
     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
         scheduler.step()
@@ -515,13 +534,13 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_b
     window["steps"] += 1
 
 
-def _window_record(accelerator, scheduler, progress, window) -> dict:
+def _window_record(accelerator, progress, window) -> dict:
     """Mean training loss and throughput since the last log, over all processes."""
     loss = accelerator.reduce(window["loss"].clone(), "sum").item() / window["steps"]
     tokens = accelerator.reduce(window["tokens"].clone().float(), "sum").item()
     seconds = time.monotonic() - window["start"]
     record = {"step": progress.global_step, "epoch": progress.epoch, "loss": round(loss, 5),
-              "lr": scheduler.get_last_lr()[0], "tokens_per_second": round(tokens / seconds, 1),
+              "lr": window["lr"], "tokens_per_second": round(tokens / seconds, 1),
               "elapsed_minutes": round(progress.train_seconds / 60, 3)}
     if "grad_norm" in window:
         record["grad_norm"] = round(float(window["grad_norm"]), 5)
@@ -560,11 +579,6 @@ def _stop_reason(accelerator, args, progress, steps_this_run, signals) -> str | 
     return None
 
 
-def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
-    """The peak of the paper's schedule, lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), reached at
-    step = warmup: d_model^-0.5 * warmup^-0.5 (times `factor`)."""
-    return factor * d_model**-0.5 * warmup_steps**-0.5
-
 
 __all__ = [
     "LoopArguments",
@@ -574,6 +588,7 @@ __all__ = [
     "Checkpoints",
     "make_accelerator",
     "make_optimizer",
+    "inverse_sqrt_factor",
     "token_batches",
     "steps_for_process",
     "train",

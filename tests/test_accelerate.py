@@ -1,0 +1,93 @@
+"""The Accelerate side of scripts/trainer_utils.py: several processes (DDP) train to the same weights as one, mixed
+precision runs, and the learning rate follows the paper's schedule."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import safetensors.torch
+import torch
+from test_train_translation import SCRIPTS, log_records, run, run_args, write_corpus
+
+from trainer_utils import LoopArguments, inverse_sqrt_factor, make_optimizer, paper_learning_rate
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def launch(argv: list[str], num_processes: int, mixed_precision: str = "no") -> subprocess.CompletedProcess:
+    """`accelerate launch` on CPU processes of this machine. accelerate's `--cpu` starts a single process unless
+    run under mpirun; its torchrun launcher (`--multi_gpu`) with ACCELERATE_USE_CPU starts them, on the gloo
+    backend, rendezvousing on a free port."""
+    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_machines", "1", "--dynamo_backend",
+               "no", "--mixed_precision", mixed_precision, "--num_processes", str(num_processes)]
+    command += ["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else ["--cpu"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([*command, str(SCRIPTS / "train_translation.py"), *argv], env=env,
+                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
+    return result
+
+
+def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_global_batch(tmp_path):
+    corpus = write_corpus(tmp_path / "data")
+    # Dropout off: each process draws its own masks, so with dropout the runs agree in distribution only.
+    common = ["--max_steps", "6", "--dropout", "0", "--eval_steps", "3"]
+    one = run(run_args(corpus, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
+    result = launch(run_args(corpus, tmp_path / "two", *common), num_processes=2)
+    assert "global batch = 2 processes x 1 micro-batches" in result.stdout
+
+    assert one.epoch >= 1  # 6 steps of 2 micro-batches cross an epoch boundary
+    single = safetensors.torch.load_file(tmp_path / "one" / "checkpoints" / "step-6" / "model.safetensors")
+    double = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / "step-6" / "model.safetensors")
+    # DDP's state dict names the parameters "module.<name>"
+    double = {key.removeprefix("module."): value for key, value in double.items()}
+    assert single.keys() == double.keys()
+    for key in single:
+        torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
+    for a, b in zip(log_records(tmp_path / "one"), log_records(tmp_path / "two"), strict=True):
+        assert a["step"] == b["step"]
+        for key in ("loss", "grad_norm", "lr", "val_loss", "val_bleu", "val_chrf"):
+            if key in a:
+                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), (a, b)
+    final_one, final_two = (json.loads((tmp_path / d / "final" / "config.json").read_text()) for d in ("one", "two"))
+    assert final_one == final_two
+
+
+def test_bf16_mixed_precision_through_accelerate_launch(tmp_path):
+    corpus = write_corpus(tmp_path / "data")
+    argv = ["--max_steps", "3", "--save_steps", "3"]
+    launch(run_args(corpus, tmp_path / "bf16", *argv), num_processes=1, mixed_precision="bf16")
+    reference = run(run_args(corpus, tmp_path / "fp32", *argv))
+    bf16_losses = [r["loss"] for r in log_records(tmp_path / "bf16") if "loss" in r]
+    fp32_losses = [r["loss"] for r in log_records(tmp_path / "fp32") if "loss" in r]
+    assert len(bf16_losses) == 3 and all(math.isfinite(loss) for loss in bf16_losses)
+    # bf16 matmuls round: close to the fp32 losses, not equal (autocast was on)
+    assert bf16_losses == pytest.approx(fp32_losses, rel=0.05) and bf16_losses != fp32_losses
+    weights = safetensors.torch.load_file(tmp_path / "bf16" / "final" / "model.safetensors")
+    assert all(w.dtype == torch.float32 for w in weights.values())  # fp32 master weights
+    assert reference.completed
+
+
+def test_learning_rate_follows_the_papers_schedule():
+    args = LoopArguments(output_dir="unused", max_steps=1, warmup_steps=100)
+    peak = paper_learning_rate(d_model=512, warmup_steps=100, factor=2.0)
+    assert peak == pytest.approx(2 * 512**-0.5 * 100**-0.5)
+    optimizer, scheduler = make_optimizer(torch.nn.Linear(2, 2), args, peak)
+    used = []  # the rate each optimizer step (1, 2, ...) is taken with
+    for _ in range(400):
+        used.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    paper = [2 * 512**-0.5 * min(step**-0.5, step * 100**-1.5) for step in range(1, 401)]  # lrate, section 5.3
+    assert used == pytest.approx(paper)
+    assert used[99] == pytest.approx(peak) and used[399] == pytest.approx(peak / 2) and used[0] > 0
+    assert inverse_sqrt_factor(100, 100) == 1.0

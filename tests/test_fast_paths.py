@@ -1,0 +1,126 @@
+"""The fast paths give the results of the plain ones: skipping padding (`skip_padding`), sparse MLM prediction
+combined with it, and a compiled model against the eager one."""
+
+import pytest
+import torch
+from conftest import tiny_bert_config, tiny_transformer_config
+
+from vanilla_transformer.modeling import (
+    VanillaBertForMaskedLM,
+    VanillaBertForSequenceClassification,
+    VanillaTransformerForConditionalGeneration,
+)
+from vanilla_transformer.modeling.layers import Unpadder
+
+
+def padded_batch(vocab: int, lengths: list[int], pad_id: int = 0):
+    """Right-padded random ids (ids >= 4 are ordinary tokens) with their attention mask."""
+    length = max(lengths)
+    input_ids = torch.randint(4, vocab, (len(lengths), length))
+    mask = torch.arange(length)[None, :] < torch.tensor(lengths)[:, None]
+    return input_ids.masked_fill(~mask, pad_id), mask.long()
+
+
+def same_weights(model_class, config, **changes):
+    """The model twice, the second with config fields changed and the first one's weights."""
+    first = model_class(config)
+    second = model_class(config.__class__(**{**config.to_dict(), **changes}))
+    second.load_state_dict(first.state_dict())
+    return first, second
+
+
+def test_unpadder_round_trip():
+    _, mask = padded_batch(50, [5, 2, 7, 1])
+    unpadder = Unpadder(mask.bool())
+    x = torch.randn(4, 7, 3)
+    tokens = unpadder.unpad(x)
+    assert tokens.shape == (int(mask.sum()), 3)
+    torch.testing.assert_close(unpadder.pad(tokens), x * mask[..., None])
+    assert Unpadder.for_mask(torch.ones(3, 4)) is None  # nothing to skip
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_bert_skip_padding_equals_padded_model(attn):
+    config = tiny_bert_config(attn_implementation=attn, num_labels=3)
+    plain, fast = same_weights(VanillaBertForSequenceClassification, config, skip_padding=True)
+    input_ids, mask = padded_batch(config.vocab_size, [9, 3, 6, 1])
+    labels = torch.tensor([0, 2, 1, 2])
+    out_plain = plain(input_ids=input_ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+    out_fast = fast(input_ids=input_ids, attention_mask=mask, labels=labels, output_hidden_states=True)
+    real = mask.bool()
+    for h_plain, h_fast in zip(out_plain.hidden_states, out_fast.hidden_states):
+        torch.testing.assert_close(h_fast[real], h_plain[real], rtol=1e-5, atol=1e-5)
+    assert torch.all(out_fast.hidden_states[-1][~real] == 0)  # padding positions: zeros, documented
+    torch.testing.assert_close(out_fast.logits, out_plain.logits, rtol=1e-5, atol=1e-5)
+    out_plain.loss.backward()
+    out_fast.loss.backward()
+    for (name, p_plain), p_fast in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_plain.grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss():
+    config = tiny_bert_config()
+    plain, fast = same_weights(VanillaBertForMaskedLM, config, skip_padding=True, sparse_prediction=True)
+    input_ids, mask = padded_batch(config.vocab_size, [12, 5, 8])
+    labels = torch.full_like(input_ids, -100)
+    chosen = (torch.rand(input_ids.shape) < 0.3) & mask.bool()
+    labels[chosen] = input_ids[chosen]
+    dense = plain(input_ids=input_ids, attention_mask=mask, labels=labels)
+    fast_out = fast(input_ids=input_ids, attention_mask=mask, labels=labels)
+    torch.testing.assert_close(fast_out.loss, dense.loss)
+    torch.testing.assert_close(fast_out.logits, dense.logits[labels != -100], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", ["sdpa", "eager"])
+def test_transformer_skip_padding_equals_padded_model(attn):
+    config = tiny_transformer_config(attn_implementation=attn)
+    plain, fast = same_weights(VanillaTransformerForConditionalGeneration, config, skip_padding=True)
+    source, source_mask = padded_batch(config.vocab_size, [7, 3, 5])
+    labels, label_mask = padded_batch(config.vocab_size, [4, 6, 2])
+    labels = labels.masked_fill(~label_mask.bool(), -100)
+    out_plain = plain(input_ids=source, attention_mask=source_mask, labels=labels)
+    out_fast = fast(input_ids=source, attention_mask=source_mask, labels=labels)
+    target = labels != -100
+    torch.testing.assert_close(out_fast.logits[target], out_plain.logits[target], rtol=1e-5, atol=1e-5)
+    real = source_mask.bool()
+    torch.testing.assert_close(
+        out_fast.encoder_last_hidden_state[real], out_plain.encoder_last_hidden_state[real], rtol=1e-5, atol=1e-5
+    )
+    torch.testing.assert_close(out_fast.loss, out_plain.loss)
+    out_plain.loss.backward()
+    out_fast.loss.backward()
+    for (name, p_plain), p_fast in zip(plain.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(p_fast.grad, p_plain.grad, rtol=1e-4, atol=1e-6, msg=name)
+    plain.eval(), fast.eval()
+    with torch.no_grad():
+        options = dict(max_new_tokens=6, num_beams=2, no_repeat_ngram_size=2)
+        assert torch.equal(
+            fast.generate(input_ids=source, attention_mask=source_mask, **options),
+            plain.generate(input_ids=source, attention_mask=source_mask, **options),
+        )
+
+
+def test_skip_padding_keeps_labels_ignored_inside_the_target():
+    """-100 inside a target (not only as trailing padding) must not drop those decoder inputs."""
+    config = tiny_transformer_config()
+    plain, fast = same_weights(VanillaTransformerForConditionalGeneration, config, skip_padding=True)
+    source, source_mask = padded_batch(config.vocab_size, [5, 5])
+    labels = torch.randint(4, config.vocab_size, (2, 6))
+    labels[0, 1:3] = -100  # ignored in the middle
+    labels[1, 4:] = -100  # trailing padding
+    torch.testing.assert_close(
+        fast(input_ids=source, attention_mask=source_mask, labels=labels).loss,
+        plain(input_ids=source, attention_mask=source_mask, labels=labels).loss,
+    )
+
+
+def test_compiled_model_equals_eager_model():
+    config = tiny_bert_config()
+    model = VanillaBertForMaskedLM(config).eval()
+    input_ids, mask = padded_batch(config.vocab_size, [8, 5])
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=False)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            compiled(input_ids=input_ids, attention_mask=mask).logits,
+            model(input_ids=input_ids, attention_mask=mask).logits,
+        )

@@ -4,19 +4,25 @@ warmup and inverse square root decay, label smoothing 0.1, validation loss and b
 last checkpoints. Ends with a Hub-ready folder `output_dir/final` whose generation config holds the beam size
 and the length penalty chosen on the validation set.
 
-Multi30k de->en, the recipe for 45 minutes on 2 CPU cores (see the README of scripts/, "Multi30k recipe"):
+Multi30k de->en in 45 minutes on 2 CPU cores (aim: >= 38.5 sacreBLEU on test_2016_flickr; the peer, a MarianMTModel
+of the same size trained 45 minutes here, reaches 37.6). The validation set makes every choice (the weights: last
+step or average of the last 5 checkpoints; the length penalty); the test set is scored once, afterwards:
 
-    python scripts/train_translation.py --train_split ../shared/data/multi30k/train \\
-        --validation_split ../shared/data/multi30k/val --output_dir outputs/multi30k \\
-        --vocab_size 8000 --d_model 256 --encoder_layers 3 --decoder_layers 3 --attention_heads 4 --ffn_dim 1024 \\
-        --max_tokens 3000 --warmup_steps 1500 --lr_factor 2 --max_train_minutes 45 ...
+    python scripts/train_translation.py \
+        --train_split ../shared/data/multi30k/train --validation_split ../shared/data/multi30k/val \
+        --source_lang de --target_lang en --output_dir outputs/multi30k \
+        --vocab_size 8000 --d_model 256 --encoder_layers 3 --decoder_layers 3 --attention_heads 4 --ffn_dim 1024 \
+        --dropout 0.1 --label_smoothing 0.1 --max_tokens 3000 --learning_rate 1.5e-3 --warmup_steps 1000 \
+        --mixed_precision bf16 --max_train_minutes 45 --save_steps 150 --keep_checkpoints 5 --average_last 5 \
+        --eval_steps 600 --num_beams 4 --length_penalties 1.0 0.6 0.8 1.2
+    python scripts/evaluate_translation.py --model_dir outputs/multi30k/final \
+        --split ../shared/data/multi30k/test_2016_flickr --output_file outputs/multi30k/test_scores.json
 
 The same command runs on one GPU, or on several processes (the global batch is max_tokens x processes x
 gradient_accumulation_steps):
     accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...            # 2 GPUs
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPU processes
 Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume.
-Then score the test set: scripts/evaluate_translation.py --model_dir outputs/multi30k/final --split ...
 """
 
 import json
@@ -187,6 +193,8 @@ def validate(accelerator, model, tokenizer, validation_set, validation_pairs, ar
     """Validation loss (cross-entropy per target token, no smoothing) and corpus BLEU / chrF of beam search, with
     each process handling a share of the sentences."""
     result = {}
+    # The bare model: a DDP forward is a collective (buffer broadcast), and the processes hold unequal shares.
+    model = accelerator.unwrap_model(model)
     if with_loss:
         batches = token_batches(pair_lengths(validation_set), args.max_tokens, seed=0, epoch=0, shuffle=False)
         collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
@@ -195,14 +203,15 @@ def validate(accelerator, model, tokenizer, validation_set, validation_pairs, ar
         for indices in batches[accelerator.process_index :: accelerator.num_processes]:
             batch = collate([features[i] for i in indices]).to(accelerator.device)
             # num_items_in_batch=1: the summed loss
-            totals[0] += model(**batch, num_items_in_batch=1).loss.float()
+            with accelerator.autocast():
+                totals[0] += model(**batch, num_items_in_batch=1).loss.float()
             totals[1] += (batch["labels"] != -100).sum()
         totals = accelerator.reduce(totals, "sum")
         result["val_loss"] = round((totals[0] / totals[1]).item(), 4)
     sources, references = list(validation_pairs["source"]), list(validation_pairs["target"])
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     mine = order[accelerator.process_index :: accelerator.num_processes]
-    hypotheses = translate(accelerator.unwrap_model(model), tokenizer, [sources[i] for i in mine],
+    hypotheses = translate(model, tokenizer, [sources[i] for i in mine],
                            batch_size=args.eval_batch_size, num_beams=args.num_beams,
                            max_new_tokens=args.max_length, **generate_kwargs)
     by_index = dict(gather_object(list(zip(mine, hypotheses))))

@@ -15,8 +15,8 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
   (seed, epoch), re-created and skipped on `--resume`, so a killed and resumed run ends with the same weights as
   an uninterrupted one. Checkpoints are written to a temporary folder and renamed when complete.
 - Stops: `max_steps`, `num_epochs`, `max_train_minutes` (wall clock of the loop, evaluations included),
-  `max_steps_this_run` (stop with a checkpoint, to split a job), Ctrl-C or SIGTERM (finish the step, save, stop;
-  a second Ctrl-C interrupts at once). Every process stops at the same step.
+  `max_steps_this_run` (stop with a checkpoint, to split a job), Ctrl-C or SIGTERM (finish the step, save, stop).
+  Every process stops at the same step.
 - Logs: a tqdm bar on the main process (loss, learning rate, tokens/s), `log.jsonl` (one JSON object per logged
   step or evaluation), `training_curves.png` at the end, and Accelerate trackers (`--report_to tensorboard`).
 
@@ -98,7 +98,7 @@ class LoopArguments:
 
 
 def make_accelerator(args: LoopArguments) -> Accelerator:
-    return Accelerator(
+    accelerator = Accelerator(
         mixed_precision=args.mixed_precision,
         log_with=args.report_to,
         project_dir=args.output_dir,
@@ -106,6 +106,11 @@ def make_accelerator(args: LoopArguments) -> Accelerator:
         # process (it assumes the per-process data shrinks with more processes; here the global batch is fixed).
         step_scheduler_with_optimizer=False,
     )
+    if accelerator.mixed_precision != "no" and not accelerator.native_amp:
+        # accelerate would silently train in fp32 (it has no fp16 autocast on CPU)
+        raise ValueError(f"--mixed_precision {accelerator.mixed_precision} is not available on "
+                         f"{accelerator.device.type}; use bf16 on CPU, fp16 or bf16 on GPU")
+    return accelerator
 
 
 def inverse_sqrt_factor(step: int, warmup_steps: int) -> float:
@@ -202,8 +207,11 @@ class TrainingTask:
     loss(model, batch, num_items_in_batch): the summed loss of the batch divided by `num_items_in_batch`, the
         item count of the whole global step (e.g. `model(**batch, num_items_in_batch=n).loss`).
     count_items(batch): the items the loss is averaged over (default: labels != -100).
-    count_tokens(batch): the tokens reported as throughput (default: attention_mask, plus labels != -100).
-    evaluate(model): {name: value} on held-out data, run on every process (shard the work, gather the result).
+    count_tokens(batch): the tokens reported as throughput (default: the source tokens, attention_mask, plus the
+        target tokens, labels != -100; a masked LM, whose labels are a subset of its inputs, counts its inputs).
+    evaluate(model): {name: value} on held-out data, run on every process (shard the work, gather the result);
+        `model` is the prepared one, in eval mode: use `accelerator.unwrap_model(model)` for forward passes that
+        not every process makes the same number of times (a DDP forward is a collective).
     signature: what fixes the data order (e.g. max_tokens, dataset size); a checkpoint made with other values is
         refused, since resuming it would not reproduce the interrupted run.
     """
@@ -397,8 +405,9 @@ def plot_log(log_path: str | Path, png_path: str | Path) -> Path:
 
 
 class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM ask the loop to finish its step, save a checkpoint and stop; a second Ctrl-C
-    interrupts at once."""
+    """Ctrl-C (SIGINT) and SIGTERM ask the loop to finish its step, save a checkpoint and stop. Repeated signals
+    change nothing: under `accelerate launch` the launcher forwards the terminal's Ctrl-C to the processes, which
+    get it twice (Ctrl-\\ quits at once)."""
 
     def __init__(self):
         self.received: int | None = None
@@ -415,9 +424,7 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
-        if self.received == signal.SIGINT and signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.received = signum
+        self.received = signum  # no printing here: the handler may interrupt a write to the same stream
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -478,7 +485,8 @@ def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingT
                 bar.update()
 
                 if progress.global_step % args.logging_steps == 0:
-                    record = _window_record(accelerator, progress, window)
+                    epochs_done = progress.epoch + progress.step_in_epoch / len(steps)  # 1.0 = end of epoch 0
+                    record = _window_record(accelerator, progress, window, epochs_done)
                     log.write(record)
                     accelerator.log(record, step=progress.global_step)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
@@ -534,12 +542,12 @@ def _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_b
     window["steps"] += 1
 
 
-def _window_record(accelerator, progress, window) -> dict:
+def _window_record(accelerator, progress, window, epochs_done: float) -> dict:
     """Mean training loss and throughput since the last log, over all processes."""
     loss = accelerator.reduce(window["loss"].clone(), "sum").item() / window["steps"]
     tokens = accelerator.reduce(window["tokens"].clone().float(), "sum").item()
     seconds = time.monotonic() - window["start"]
-    record = {"step": progress.global_step, "epoch": progress.epoch, "loss": round(loss, 5),
+    record = {"step": progress.global_step, "epoch": round(epochs_done, 4), "loss": round(loss, 5),
               "lr": window["lr"], "tokens_per_second": round(tokens / seconds, 1),
               "elapsed_minutes": round(progress.train_seconds / 60, 3)}
     if "grad_norm" in window:
@@ -565,7 +573,7 @@ def _stop_reason(accelerator, args, progress, steps_this_run, signals) -> str | 
     if args.max_steps is not None and progress.global_step >= args.max_steps:
         return f"--max_steps {args.max_steps}"
     if args.num_epochs is not None and progress.epoch >= args.num_epochs:
-        return f"{args.num_epochs} epochs"
+        return f"--num_epochs {args.num_epochs}"
     if args.max_steps_this_run is not None and steps_this_run >= args.max_steps_this_run:
         return "--max_steps_this_run"
     out_of_time = args.max_train_minutes is not None and progress.train_seconds >= 60 * args.max_train_minutes
@@ -573,6 +581,7 @@ def _stop_reason(accelerator, args, progress, steps_this_run, signals) -> str | 
     if accelerator.num_processes > 1:
         flags = accelerator.reduce(flags, "sum")
     if flags[0] > 0:
+        accelerator.print(f"\ninterrupted: saving a checkpoint at step {progress.global_step}")
         return "interrupted"
     if flags[1] > 0:
         return f"--max_train_minutes {args.max_train_minutes}"

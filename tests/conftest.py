@@ -3,12 +3,15 @@
 The HF_* variables are read when transformers is imported, so they are set here, before any test imports it.
 """
 
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
 
 _CACHE = tempfile.mkdtemp(prefix="vt-hf-")
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_HOME"] = _CACHE
 os.environ["HF_MODULES_CACHE"] = os.path.join(_CACHE, "modules")

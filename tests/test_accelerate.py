@@ -1,12 +1,16 @@
-"""The Accelerate side of scripts/trainer_utils.py: several processes (DDP) train to the same weights as one, mixed
-precision runs, and the learning rate follows the paper's schedule."""
+"""The Accelerate side of scripts/trainer_utils.py: several processes (DDP) train to the same weights as one, Ctrl-C
+under `accelerate launch` saves a checkpoint that resumes exactly, mixed precision runs, and the learning rate
+follows the paper's schedule."""
 
+import contextlib
 import json
 import math
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -23,18 +27,42 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def launch(argv: list[str], num_processes: int, mixed_precision: str = "no") -> subprocess.CompletedProcess:
+def launch_command(num_processes: int, mixed_precision: str = "no") -> list[str]:
     """`accelerate launch` on CPU processes of this machine. accelerate's `--cpu` starts a single process unless
     run under mpirun; its torchrun launcher (`--multi_gpu`) with ACCELERATE_USE_CPU starts them, on the gloo
     backend, rendezvousing on a free port."""
     command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_machines", "1", "--dynamo_backend",
                "no", "--mixed_precision", mixed_precision, "--num_processes", str(num_processes)]
-    command += ["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else ["--cpu"]
-    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run([*command, str(SCRIPTS / "train_translation.py"), *argv], env=env,
-                            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-5000:]
-    return result
+    return command + (["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else ["--cpu"])
+
+
+def start(argv: list[str], num_processes: int, mixed_precision: str = "no") -> subprocess.Popen:
+    return subprocess.Popen(
+        launch_command(num_processes, mixed_precision) + [str(SCRIPTS / "train_translation.py"), *argv],
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        start_new_session=True,  # its own process group, as a terminal's job: Ctrl-C and cleanup reach every process
+    )
+
+
+@contextlib.contextmanager
+def launched(argv: list[str], num_processes: int, mixed_precision: str = "no"):
+    """The running launch; its whole process group is killed on the way out if still there (a failed or timed-out
+    test must not leave workers waiting in a collective)."""
+    process = start(argv, num_processes, mixed_precision)
+    try:
+        yield process
+    finally:
+        with contextlib.suppress(ProcessLookupError):  # nothing left: the usual case
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def launch(argv: list[str], num_processes: int, mixed_precision: str = "no") -> str:
+    with launched(argv, num_processes, mixed_precision) as process:
+        output = process.communicate(timeout=180)[0]
+    assert process.returncode == 0, output[-6000:]
+    return output
 
 
 def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_global_batch(tmp_path):
@@ -42,14 +70,12 @@ def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_gl
     # Dropout off: each process draws its own masks, so with dropout the runs agree in distribution only.
     common = ["--max_steps", "6", "--dropout", "0", "--eval_steps", "3"]
     one = run(run_args(corpus, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
-    result = launch(run_args(corpus, tmp_path / "two", *common), num_processes=2)
-    assert "global batch = 2 processes x 1 micro-batches" in result.stdout
+    output = launch(run_args(corpus, tmp_path / "two", *common), num_processes=2)
+    assert "global batch = 2 processes x 1 micro-batches" in output
 
     assert one.epoch >= 1  # 6 steps of 2 micro-batches cross an epoch boundary
     single = safetensors.torch.load_file(tmp_path / "one" / "checkpoints" / "step-6" / "model.safetensors")
     double = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / "step-6" / "model.safetensors")
-    # DDP's state dict names the parameters "module.<name>"
-    double = {key.removeprefix("module."): value for key, value in double.items()}
     assert single.keys() == double.keys()
     for key in single:
         torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
@@ -60,6 +86,33 @@ def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_gl
                 assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), (a, b)
     final_one, final_two = (json.loads((tmp_path / d / "final" / "config.json").read_text()) for d in ("one", "two"))
     assert final_one == final_two
+
+
+def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+    """The terminal's Ctrl-C reaches the launcher and both processes (one process group); the launcher forwards
+    it once more. Both processes stop after the same step and save one checkpoint."""
+    corpus = write_corpus(tmp_path / "data")
+    argv = run_args(corpus, tmp_path / "two", "--dropout", "0", "--save_steps", "100000")
+    log = tmp_path / "two" / "log.jsonl"
+    with launched([*argv, "--max_steps", "100000"], num_processes=2) as process:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(0.05)
+        os.killpg(process.pid, signal.SIGINT)  # what the terminal does on Ctrl-C
+        output = process.communicate(timeout=120)[0]
+    (checkpoint,) = (tmp_path / "two" / "checkpoints").iterdir()
+    stopped_at = int(checkpoint.name.removeprefix("step-"))
+    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert "interrupted: saving a checkpoint" in output, output[-3000:]
+
+    launch([*argv, "--max_steps", str(stopped_at + 2), "--resume"], num_processes=2)
+    reference = run(run_args(corpus, tmp_path / "one", "--dropout", "0", "--save_steps", "100000",
+                             "--max_steps", str(stopped_at + 2), "--gradient_accumulation_steps", "2"))
+    resumed = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / f"step-{stopped_at + 2}" / "model.safetensors")
+    expected = safetensors.torch.load_file(reference.checkpoint / "model.safetensors")
+    for key in expected:
+        torch.testing.assert_close(resumed[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
 def test_bf16_mixed_precision_through_accelerate_launch(tmp_path):

@@ -245,6 +245,22 @@ def test_train_tokenizer_bpe_from_files_and_wordpiece_from_a_dataset(tmp_path):
 # ---------------------------------------------------------------------------------------------- resumption
 
 
+def test_epoch_and_time_budgets_and_a_given_tokenizer(tmp_path):
+    corpus = write_corpus(tmp_path / "data")
+    train_tokenizer.main(train_tokenizer.TokenizerArguments(
+        output_dir=str(tmp_path / "tokenizer"), files=[str(corpus / "train.de.gz"), str(corpus / "train.en.gz")],
+        vocab_size=150))
+    outcome = run(run_args(corpus, tmp_path / "epoch", "--num_epochs", "1", "--tokenizer", str(tmp_path / "tokenizer")))
+    assert outcome.completed and outcome.stop_reason == "--num_epochs 1" and outcome.epoch == 1
+    records = [r for r in log_records(tmp_path / "epoch") if "loss" in r]
+    assert records[-1]["step"] == outcome.global_step and records[-1]["epoch"] == 1.0 > records[-2]["epoch"]
+    assert not (tmp_path / "epoch" / "tokenizer").exists()  # the given one was used
+    assert len(AutoTokenizer.from_pretrained(tmp_path / "epoch" / "final")) == 150
+
+    outcome = run(run_args(corpus, tmp_path / "timed", "--max_train_minutes", "1e-9"))
+    assert outcome.completed and outcome.stop_reason == "--max_train_minutes 1e-09" and outcome.global_step == 1
+
+
 def test_stopped_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_path):
     corpus, full_dir, full = finished_run
     assert full.completed and full.global_step == 8 and full.epoch >= 1  # crossed an epoch boundary
@@ -268,12 +284,16 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_matches(tmp_path):
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
     log = tmp_path / "run" / "log.jsonl"
-    deadline = time.monotonic() + 120
-    while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
-        assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    output = process.communicate(timeout=120)[0]
+    try:
+        deadline = time.monotonic() + 120
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[0][-3000:]
+            time.sleep(0.05)
+        process.send_signal(signal.SIGINT)
+        output = process.communicate(timeout=120)[0]
+    finally:
+        process.kill()  # if the test failed on the way
+        process.wait()
     assert process.returncode == 130, output[-3000:]
     (checkpoint,) = (tmp_path / "run" / "checkpoints").iterdir()
     stopped_at = int(checkpoint.name.removeprefix("step-"))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import evaluate
 import torch
+from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
@@ -55,12 +56,13 @@ def score(hypotheses: list[str], references: list[str], metrics: dict) -> dict:
 
 
 @torch.no_grad()
-def translate(model, tokenizer, sources: list[str], batch_size: int = 64, **generate_kwargs) -> list[str]:
+def translate(model, tokenizer, sources: list[str], batch_size: int = 64, show_progress: bool = False,
+              **generate_kwargs) -> list[str]:
     """Batched generation, in order of source length (little padding); the results in the order of `sources`.
     `generate_kwargs` override the model's generation config (num_beams, length_penalty, max_new_tokens...)."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     translations = [""] * len(sources)
-    for start in range(0, len(order), batch_size):
+    for start in tqdm(range(0, len(order), batch_size), desc="translating", unit="batch", disable=not show_progress):
         chunk = order[start : start + batch_size]
         batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True,
                           max_length=model.config.max_position_embeddings, return_tensors="pt").to(model.device)
@@ -75,7 +77,8 @@ def main(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir).to(device).eval()
     pairs = load_parallel(args.split, corpus)
-    sources, references = list(pairs["source"]), list(pairs["target"])
+    sources = [text or "" for text in pairs["source"]]  # None: a missing value
+    references = [text or "" for text in pairs["target"]]
     empty = sum(1 for s in sources if not s.strip())
     if empty:
         print(f"warning: {empty} of {len(sources)} sources are empty; they are scored as empty translations")
@@ -83,15 +86,13 @@ def main(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
                   "length_penalty": args.length_penalty if args.length_penalty is not None
                   else model.generation_config.length_penalty}
     start = time.monotonic()
-    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, **generation)
+    hypotheses = translate(model, tokenizer, sources, batch_size=args.batch_size, show_progress=True, **generation)
     seconds = time.monotonic() - start
+    # The numbers at the top level are the scores (scripts/publish.py puts them in the model card); the rest nests.
     result = {
         **score(hypotheses, references, load_metrics()),
-        **generation,
-        "model_dir": args.model_dir,
-        "split": args.split,
-        "num_segments": len(sources),
-        "seconds": round(seconds, 1),
+        "settings": {**generation, "model_dir": args.model_dir, "split": args.split, "num_segments": len(sources),
+                     "seconds": round(seconds, 1)},
         "translations": [{"source": s, "reference": r, "hypothesis": h}
                          for s, r, h in zip(sources, references, hypotheses)],
     }

@@ -35,7 +35,7 @@ class TokenizerArguments:
     split: str = "train"
     columns: list[str] = field(default_factory=lambda: ["text"], metadata={"help": "text columns of the dataset"})
     lowercase: bool | None = field(
-        default=None, metadata={"help": "wordpiece only: lowercase and strip accents as BERT-uncased (default: yes)"}
+        default=None, metadata={"help": "wordpiece only: lowercase and strip accents, as BERT-uncased (unset: true)"}
     )
 
     def __post_init__(self):

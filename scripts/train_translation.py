@@ -20,8 +20,8 @@ step or average of the last 5 checkpoints; the length penalty); the test set is 
 
 The same command runs on one GPU, or on several processes (the global batch is max_tokens x processes x
 gradient_accumulation_steps):
-    accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...            # 2 GPUs
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPU processes
+    accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...                   # 2 GPUs
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPUs
 Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume.
 """
 
@@ -95,7 +95,9 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
         validation_pairs = load_parallel(args.validation_split, corpus)
         tokenizer = get_tokenizer(args, train_pairs, output_dir)
         train_set, counts = trainable_pairs(tokenize_pairs(train_pairs, tokenizer), args.max_length)
-        validation_set, validation_counts = trainable_pairs(tokenize_pairs(validation_pairs, tokenizer), args.max_length)
+        validation_set, validation_counts = trainable_pairs(
+            tokenize_pairs(validation_pairs, tokenizer), args.max_length
+        )
         metrics = load_metrics()
     accelerator.print(counts.describe(f"training pairs ({args.train_split})", args.max_length))
     accelerator.print(validation_counts.describe("validation loss", args.max_length)
@@ -177,7 +179,12 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
 def get_tokenizer(args: TranslationArguments, train_pairs, output_dir: Path):
     """The given tokenizer; or the one this run trained before (resume); or a new joint BPE on the training pairs."""
     if args.tokenizer:
-        return AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        missing = [name for name in ("pad_token", "bos_token", "eos_token") if getattr(tokenizer, name) is None]
+        if missing:
+            raise ValueError(f"the tokenizer {args.tokenizer} has no {', '.join(missing)}: the decoder starts from <s> "
+                             "and stops at </s> (train one with scripts/train_tokenizer.py --kind bpe)")
+        return tokenizer
     folder = output_dir / "tokenizer"
     if (folder / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(folder)

@@ -141,7 +141,9 @@ def make_optimizer(model: torch.nn.Module, args: LoopArguments, learning_rate: f
 # ---------------------------------------------------------------------------------------------------- batches
 
 
-def token_batches(lengths: Sequence[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True) -> list[list[int]]:
+def token_batches(
+    lengths: Sequence[int], max_tokens: int, seed: int, epoch: int, shuffle: bool = True
+) -> list[list[int]]:
     """Micro-batches of examples of similar length, each of at most `max_tokens` tokens counting padding
     (`len(batch) * longest example`), in an order drawn from (seed, epoch); `shuffle=False`: by length, fixed.
 
@@ -281,8 +283,9 @@ class Checkpoints:
     def save(self, accelerator: Accelerator, step: int) -> Path:
         final = self.folder / f"step-{step}"
         partial = self.folder / f"tmp-step-{step}"
-        if accelerator.is_main_process and partial.exists():
-            shutil.rmtree(partial)
+        if accelerator.is_main_process:
+            for unfinished in self.folder.glob("tmp-step-*"):  # saves that were cut short
+                shutil.rmtree(unfinished)
         accelerator.wait_for_everyone()
         accelerator.save_state(str(partial))  # every process writes its RNG state; the main one the rest
         accelerator.wait_for_everyone()
@@ -305,6 +308,7 @@ class Checkpoints:
             )
         expected = dict(progress.signature)
         try:
+            torch.load(rng_file, weights_only=False)  # accelerate would skip an unreadable RNG state silently too
             accelerator.load_state(str(checkpoint))
         except Exception as error:  # any failure to read or fit the state
             raise CheckpointError(
@@ -334,7 +338,8 @@ def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> 
         else:
             for key in total:
                 total[key] += state[key].float()
-    model.load_state_dict({k: (v / len(checkpoints)).to(model.state_dict()[k].dtype) for k, v in total.items()}, strict=False)
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    model.load_state_dict({k: (v / len(checkpoints)).to(dtypes[k]) for k, v in total.items()}, strict=False)
 
 
 # ------------------------------------------------------------------------------------------------------ logs
@@ -430,7 +435,9 @@ class StopSignals:
 # ---------------------------------------------------------------------------------------------------- the loop
 
 
-def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingTask, args: LoopArguments) -> TrainOutcome:
+def train(
+    accelerator: Accelerator, model, optimizer, scheduler, task: TrainingTask, args: LoopArguments
+) -> TrainOutcome:
     """Train the prepared `model` (`accelerator.prepare(model, optimizer, scheduler)` done by the caller)."""
     progress = TrainingProgress(signature={**task.signature, "num_processes": accelerator.num_processes,
                                            "gradient_accumulation_steps": args.gradient_accumulation_steps,
@@ -482,6 +489,7 @@ def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingT
                 steps_this_run += 1
                 if progress.step_in_epoch == len(steps):
                     progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
+                progress.train_seconds = seconds_before + time.monotonic() - run_start
                 bar.update()
 
                 if progress.global_step % args.logging_steps == 0:
@@ -491,6 +499,7 @@ def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingT
                     accelerator.log(record, step=progress.global_step)
                     bar.set_postfix(loss=f"{record['loss']:.3f}", lr=f"{record['lr']:.2e}",
                                     tok_s=f"{record['tokens_per_second']:.0f}")
+                pause = time.monotonic()
                 if args.eval_steps and progress.global_step % args.eval_steps == 0 and task.evaluate:
                     last_eval.update(step=progress.global_step,
                                      metrics=_evaluate(accelerator, model, task, progress, log))
@@ -498,6 +507,7 @@ def train(accelerator: Accelerator, model, optimizer, scheduler, task: TrainingT
                     progress.train_seconds = seconds_before + time.monotonic() - run_start
                     checkpoints.save(accelerator, progress.global_step)
                     last_saved = progress.global_step
+                window["start"] += time.monotonic() - pause  # tokens/s counts training time only
 
                 progress.train_seconds = seconds_before + time.monotonic() - run_start
                 stop_reason = _stop_reason(accelerator, args, progress, steps_this_run, signals)

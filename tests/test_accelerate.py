@@ -109,7 +109,8 @@ def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(
     launch([*argv, "--max_steps", str(stopped_at + 2), "--resume"], num_processes=2)
     reference = run(run_args(corpus, tmp_path / "one", "--dropout", "0", "--save_steps", "100000",
                              "--max_steps", str(stopped_at + 2), "--gradient_accumulation_steps", "2"))
-    resumed = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / f"step-{stopped_at + 2}" / "model.safetensors")
+    resumed = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / f"step-{stopped_at + 2}"
+                                          / "model.safetensors")
     expected = safetensors.torch.load_file(reference.checkpoint / "model.safetensors")
     for key in expected:
         torch.testing.assert_close(resumed[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)

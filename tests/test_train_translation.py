@@ -190,7 +190,8 @@ def test_parallel_data_from_text_tsv_jsonl_and_dataset_folder(tmp_path):
     hub = CorpusArguments(dataset_name=str(tmp_path / "hub"), source_column="src", target_column="tgt")
     assert load_parallel("test", hub)["source"] == ["ein Hund"]
 
-    with pytest.raises(ValueError, match=r"no target column 'en' or 'translation.en'; the columns are \['src', 'tgt'\]"):
+    missing = r"no target column 'en' or 'translation.en'; the columns are \['src', 'tgt'\]"
+    with pytest.raises(ValueError, match=missing):
         load_parallel("test", CorpusArguments(dataset_name=str(tmp_path / "hub"), source_column="src"))
     (tmp_path / "d.de").write_text("eins\nzwei\n")
     (tmp_path / "d.en").write_text("one\n")
@@ -257,6 +258,11 @@ def test_epoch_and_time_budgets_and_a_given_tokenizer(tmp_path):
     assert not (tmp_path / "epoch" / "tokenizer").exists()  # the given one was used
     assert len(AutoTokenizer.from_pretrained(tmp_path / "epoch" / "final")) == 150
 
+    train_tokenizer.main(train_tokenizer.TokenizerArguments(
+        output_dir=str(tmp_path / "wordpiece"), kind="wordpiece", files=[str(corpus / "train.de.gz")], vocab_size=100))
+    with pytest.raises(ValueError, match="has no bos_token, eos_token: the decoder starts from <s>"):
+        run(run_args(corpus, tmp_path / "wp", "--max_steps", "1", "--tokenizer", str(tmp_path / "wordpiece")))
+
     outcome = run(run_args(corpus, tmp_path / "timed", "--max_train_minutes", "1e-9"))
     assert outcome.completed and outcome.stop_reason == "--max_train_minutes 1e-09" and outcome.global_step == 1
 
@@ -316,6 +322,12 @@ def test_corrupt_or_incompatible_checkpoints_are_refused_with_a_clear_error(tmp_
         run([*argv, "--resume", "--max_tokens", "80"])
     with pytest.raises(CheckpointError, match="size mismatch|shape"):
         run([*argv, "--resume", "--ffn_dim", "48"])
+    rng_file = tmp_path / "run" / "checkpoints" / "step-3" / "random_states_0.pkl"
+    rng_state = rng_file.read_bytes()
+    rng_file.write_bytes(rng_state[:100])  # accelerate alone would resume without restoring the RNG
+    with pytest.raises(CheckpointError, match="cannot resume from .*step-3.*corrupt"):
+        run([*argv, "--resume"])
+    rng_file.write_bytes(rng_state)
     weights_file = tmp_path / "run" / "checkpoints" / "step-3" / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cannot resume from .*step-3.*corrupt"):
@@ -365,7 +377,10 @@ def test_evaluate_translation_writes_scores_and_translations(finished_run, tmp_p
     assert output.with_suffix(".hyp.txt").read_text().splitlines() == hypotheses
     assert saved["sacrebleu"] == round(sacrebleu.corpus_bleu(hypotheses, [references]).score, 2)
     assert saved["chrf"] == round(sacrebleu.corpus_chrf(hypotheses, [references]).score, 2)
-    assert (saved["num_beams"], saved["length_penalty"]) == (2, 0.6) and result["sacrebleu"] == saved["sacrebleu"]
+    assert (saved["settings"]["num_beams"], saved["settings"]["length_penalty"]) == (2, 0.6)
+    assert result["sacrebleu"] == saved["sacrebleu"]
+    numbers = {key for key, value in saved.items() if isinstance(value, (int, float))}
+    assert numbers == {"sacrebleu", "chrf"}  # what scripts/publish.py reads as the model card's metrics
 
     # batched beam search gives what one sentence at a time gives
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "final").eval()

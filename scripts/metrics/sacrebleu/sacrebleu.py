@@ -41,7 +41,9 @@ class SacreBleu(evaluate.Metric):
             reference_urls=["https://github.com/mjpost/sacrebleu"],
         )
 
-    def _compute(self, predictions, references, tokenize="13a", lowercase=False, smooth_method="exp", smooth_value=None):
+    def _compute(
+        self, predictions, references, tokenize="13a", lowercase=False, smooth_method="exp", smooth_value=None
+    ):
         references = [[r] if isinstance(r, str) else list(r) for r in references]
         if len({len(r) for r in references}) > 1:
             raise ValueError("sacreBLEU needs the same number of references for every segment")

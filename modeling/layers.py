@@ -73,7 +73,8 @@ class Unpadder:
 
     def pad(self, x: torch.Tensor) -> torch.Tensor:
         grid = x.new_zeros(self.batch * self.length, *x.shape[1:])
-        return grid.index_copy(0, self.indices, x).view(self.batch, self.length, *x.shape[1:])  # (N, ...) -> (B, T, ...)
+        grid[self.indices] = x  # in place into a fresh tensor: no second copy of the grid
+        return grid.view(self.batch, self.length, *x.shape[1:])  # (N, ...) -> (B, T, ...)
 
 
 class MultiHeadAttention(nn.Module):

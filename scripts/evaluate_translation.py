@@ -18,7 +18,7 @@ from pathlib import Path
 import evaluate
 import torch
 from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser, LogitsProcessor, LogitsProcessorList
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
 from translation_data import CorpusArguments, load_parallel
@@ -55,9 +55,27 @@ def score(hypotheses: list[str], references: list[str], metrics: dict) -> dict:
     }
 
 
+class SourceLengthLimit(LogitsProcessor):
+    """End each translation after `factor` x its source length + 10 tokens (Marian's --max-length-factor, fairseq's
+    max_len_a/b): per sentence, so a result does not depend on the batch it was in, and a half-trained model's
+    repetition loops stop early instead of running to max_new_tokens."""
+
+    def __init__(self, source_lengths: torch.Tensor, eos_token_id: int, factor: float):
+        self.limits = (factor * source_lengths).long() + 10  # (B,)
+        self.eos_token_id = eos_token_id
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        limits = self.limits.repeat_interleave(input_ids.shape[0] // len(self.limits))  # (B * beams,)
+        done = input_ids.shape[1] - 1 >= limits  # tokens generated so far, after the decoder start token
+        if done.any():
+            scores = scores.masked_fill(done[:, None], float("-inf"))
+            scores[done, self.eos_token_id] = 0.0
+        return scores
+
+
 @torch.no_grad()
 def translate(model, tokenizer, sources: list[str], batch_size: int = 64, show_progress: bool = False,
-              **generate_kwargs) -> list[str]:
+              max_length_factor: float = 2.0, **generate_kwargs) -> list[str]:
     """Batched generation, in order of source length (little padding); the results in the order of `sources`.
     `generate_kwargs` override the model's generation config (num_beams, length_penalty, max_new_tokens...)."""
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
@@ -66,7 +84,8 @@ def translate(model, tokenizer, sources: list[str], batch_size: int = 64, show_p
         chunk = order[start : start + batch_size]
         batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True,
                           max_length=model.config.max_position_embeddings, return_tensors="pt").to(model.device)
-        output = model.generate(**batch, **generate_kwargs)
+        limit = SourceLengthLimit(batch["attention_mask"].sum(1), tokenizer.eos_token_id, max_length_factor)
+        output = model.generate(**batch, logits_processor=LogitsProcessorList([limit]), **generate_kwargs)
         for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
             translations[i] = text
     return translations

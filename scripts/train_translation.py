@@ -41,6 +41,7 @@ from trainer_utils import (
     average_checkpoints,
     make_accelerator,
     make_optimizer,
+    mean_loss,
     paper_learning_rate,
     plot_log,
     token_batches,
@@ -205,16 +206,10 @@ def validate(accelerator, model, tokenizer, validation_set, validation_pairs, ar
     if with_loss:
         batches = token_batches(pair_lengths(validation_set), args.max_tokens, seed=0, epoch=0, shuffle=False)
         collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
-        totals = torch.zeros(2, device=accelerator.device)  # summed loss, target tokens
         features = validation_set.select_columns(["input_ids", "labels"])
-        for indices in batches[accelerator.process_index :: accelerator.num_processes]:
-            batch = collate([features[i] for i in indices]).to(accelerator.device)
-            # num_items_in_batch=1: the summed loss
-            with accelerator.autocast():
-                totals[0] += model(**batch, num_items_in_batch=1).loss.float()
-            totals[1] += (batch["labels"] != -100).sum()
-        totals = accelerator.reduce(totals, "sum")
-        result["val_loss"] = round((totals[0] / totals[1]).item(), 4)
+        mine = (collate([features[i] for i in indices])
+                for indices in batches[accelerator.process_index :: accelerator.num_processes])
+        result["val_loss"] = round(mean_loss(accelerator, model, mine), 4)  # per target token, no smoothing
     sources, references = list(validation_pairs["source"]), list(validation_pairs["target"])
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     mine = order[accelerator.process_index :: accelerator.num_processes]

@@ -1,4 +1,4 @@
-"""The Accelerate training loop shared by the training scripts (translation now, masked-LM pretraining next).
+"""The Accelerate training loop shared by the training scripts (translation, masked-LM pretraining).
 
 A script brings its model, data and loss as a `TrainingTask`; `train()` does the rest, the same way on one CPU,
 one GPU or several processes (`accelerate launch`), with mixed precision, gradient accumulation and clipping:
@@ -31,7 +31,7 @@ import logging
 import shutil
 import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -342,6 +342,22 @@ def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> 
     model.load_state_dict({k: (v / len(checkpoints)).to(dtypes[k]) for k, v in total.items()}, strict=False)
 
 
+@torch.no_grad()
+def mean_loss(accelerator: Accelerator, model: torch.nn.Module, batches: Iterable[dict]) -> float:
+    """Validation loss per item (target token, masked token): each process passes its share of the batches; the
+    summed losses and item counts (labels != -100) of all processes are added up. The model must reduce its loss
+    as sum / num_items_in_batch. Runs the bare model: a DDP forward is a collective, and the shares may differ."""
+    model = accelerator.unwrap_model(model)
+    totals = torch.zeros(2, device=accelerator.device)  # summed loss, items
+    for batch in batches:
+        batch = _to_device(batch, accelerator.device)
+        with accelerator.autocast():
+            totals[0] += model(**batch, num_items_in_batch=1).loss.float()  # num_items_in_batch=1: the sum
+        totals[1] += (batch["labels"] != -100).sum()
+    totals = accelerator.reduce(totals, "sum")
+    return (totals[0] / totals[1]).item()
+
+
 # ------------------------------------------------------------------------------------------------------ logs
 
 
@@ -612,6 +628,7 @@ __all__ = [
     "steps_for_process",
     "train",
     "average_checkpoints",
+    "mean_loss",
     "plot_log",
     "paper_learning_rate",
 ]

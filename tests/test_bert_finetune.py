@@ -6,11 +6,13 @@ import json
 from pathlib import Path
 
 import pytest
+import safetensors.torch
 import torch
 from conftest import tiny_bert_config
 from transformers import AutoModelForSequenceClassification, BertConfig, BertForMaskedLM
 
 from vanilla_transformer.modeling import VanillaBertForMaskedLM, VanillaBertForSequenceClassification
+from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.tokenization import train_wordpiece_tokenizer
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "finetune_classification.py"
@@ -112,6 +114,38 @@ def test_finetune_hf_bert_folder_on_json_lines(tmp_path, tokenizer):
         assert model(**tokenizer(["a charming film"], return_tensors="pt")).logits.shape == (1, 2)
 
 
+def test_from_scratch_keeps_the_architecture_and_tokenizer_and_draws_new_weights(tmp_path, tokenizer):
+    """--from_scratch: the baseline of a pretraining comparison, for our folders (a Hub-ready one, with auto_map)
+    and Hugging Face BERT folders alike."""
+    ours, hf = tmp_path / "ours", tmp_path / "hf"
+    save_for_hub(VanillaBertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer))), ours, tokenizer)
+    BertForMaskedLM(BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=37, max_position_embeddings=64)).save_pretrained(hf)
+    tokenizer.save_pretrained(hf)
+    script = load_script()
+    for folder, key in ((ours, "bert.embeddings.embed_tokens.weight"), (hf, "bert.embeddings.word_embeddings.weight")):
+        checkpoint = safetensors.torch.load_file(folder / "model.safetensors")[key]
+        pretrained, _ = script.load_model_and_tokenizer(str(folder), ["neg", "pos"])
+        scratch, scratch_tokenizer = script.load_model_and_tokenizer(str(folder), ["neg", "pos"], from_scratch=True)
+        assert type(scratch) is type(pretrained) is VanillaBertForSequenceClassification
+        assert {k: v.shape for k, v in scratch.state_dict().items()} == {
+            k: v.shape for k, v in pretrained.state_dict().items()
+        }
+        assert scratch.config.id2label == {0: "neg", 1: "pos"}
+        assert scratch_tokenizer.get_vocab() == tokenizer.get_vocab()
+        torch.testing.assert_close(pretrained.bert.embeddings.embed_tokens.weight, checkpoint)
+        fresh = scratch.bert.embeddings.embed_tokens.weight
+        assert not torch.allclose(fresh, checkpoint) and abs(fresh[1:].std().item() - 0.02) < 0.004  # N(0, 0.02)
+
+    (tmp_path / "test.tsv").write_text("\n".join(["sentence\tlabel"] + [f"{t}\t{y}" for t, y in ROWS]) + "\n")
+    results = script.main(["--model_name_or_path", str(ours), "--from_scratch", "--test_file",
+                           str(tmp_path / "test.tsv"), "--output_dir", str(tmp_path / "out")])
+    assert results["args"]["from_scratch"] and "test_accuracy" in results["test"]
+    saved = AutoModelForSequenceClassification.from_pretrained(tmp_path / "out")
+    checkpoint = safetensors.torch.load_file(ours / "model.safetensors")["bert.embeddings.embed_tokens.weight"]
+    assert not torch.allclose(saved.bert.embeddings.embed_tokens.weight, checkpoint)
+
+
 def test_accuracy_f1_metric():
     import evaluate
 
@@ -128,3 +162,4 @@ def test_help_explains(capsys):
         load_script().main(["--help"])
     text = capsys.readouterr().out
     assert "--max_train_samples" in text and "Hugging Face BERT" in text and "sst2" in text
+    assert "--from_scratch" in text and "pretrain_mlm.py" in text

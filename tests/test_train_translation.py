@@ -1,7 +1,7 @@
 """scripts/train_translation.py and its library (translation_data, trainer_utils, evaluate_translation, the metric
 modules, train_tokenizer), on a tiny corpus of Babel display-name pairs with a tiny model: batches by token count,
 data loading and its error messages, exact resumption (stopped, Ctrl-C), refused checkpoints, the final folder,
-the evaluation script."""
+the evaluation script and its per-sentence length limit."""
 
 import gzip
 import json

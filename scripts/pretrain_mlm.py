@@ -1,0 +1,326 @@
+"""Masked-language-model pretraining of `VanillaBertForMaskedLM` (BERT's first objective; no next-sentence
+prediction), from scratch or continued from a checkpoint, on the shared Accelerate loop of `trainer_utils.py`
+(progress bar, log.jsonl, training_curves.png, checkpoints, --resume, Ctrl-C saves).
+
+Text: local files, one document per line (blank lines skipped, .gz accepted), or a `datasets` Hub id. Documents
+are tokenized with a WordPiece trained on the training text (or --tokenizer_name, or the checkpoint's), closed
+with [SEP], concatenated and cut into blocks of --block_size tokens that each open with [CLS] (`group_blocks`).
+Masking: transformers' `DataCollatorForLanguageModeling` (--mlm_probability of the tokens; 80% [MASK], 10% random,
+10% unchanged), or whole words with --whole_word_mask. The MLM head runs on the masked positions only
+(--sparse_prediction, on by default). Validation: loss per masked token and perplexity (its exp), with the
+validation masks drawn once from --seed, so that every evaluation scores the same positions.
+The end: output_dir/final, a Hub-ready folder (weights, config with auto_map, code, tokenizer).
+
+A demo of 1.5 minutes on 2 CPU cores (WikiText-2 valid as training text, test as validation; a 2 x 128 model,
+one minute of training: 30 to 75 steps, depending on the machine's load; the final evaluation takes ~20 s):
+
+    python scripts/pretrain_mlm.py --train_file ../shared/data/wikitext2/valid.txt \
+        --validation_file ../shared/data/wikitext2/test.txt --output_dir outputs/mlm-demo \
+        --hidden_size 128 --num_hidden_layers 2 --num_attention_heads 2 --intermediate_size 512 \
+        --max_train_minutes 1 --warmup_steps 30 --learning_rate 1e-3 --logging_steps 10
+
+A longer run: the default size (BERT-Mini, 4 layers x 256), 30 epochs of the 2k blocks (1,920 steps of 32 x 128
+tokens), evaluated every 200 steps; 0.5 to 1 hour on 2 CPU cores, depending on their load:
+
+    python scripts/pretrain_mlm.py --train_file ../shared/data/wikitext2/valid.txt \
+        --validation_file ../shared/data/wikitext2/test.txt --output_dir outputs/mlm-wikitext2 \
+        --num_epochs 30 --warmup_steps 300 --learning_rate 5e-4 --eval_steps 200 --save_steps 200
+
+What the pretraining brings: fine-tune its final folder on SST-2, then the same architecture and tokenizer from
+random weights (--from_scratch), with the same data and settings, and compare the test accuracies:
+
+    python scripts/finetune_classification.py --model_name_or_path outputs/mlm-wikitext2/final \
+        --train_file ../shared/data/sst2/train.tsv --validation_file ../shared/data/sst2/dev.tsv \
+        --test_file ../shared/data/sst2/test.tsv --max_eval_samples 2000 --output_dir runs/mlm-wikitext2-sst2
+    python scripts/finetune_classification.py --model_name_or_path outputs/mlm-wikitext2/final --from_scratch \
+        --train_file ../shared/data/sst2/train.tsv --validation_file ../shared/data/sst2/dev.tsv \
+        --test_file ../shared/data/sst2/test.tsv --max_eval_samples 2000 --output_dir runs/scratch-sst2
+
+Several processes: `accelerate launch --multi_gpu --num_processes 2 scripts/pretrain_mlm.py ...` (the global batch
+is batch_size x processes x gradient_accumulation_steps). Continue an interrupted run with the same command plus
+--resume.
+"""
+
+import argparse
+import json
+import math
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import datasets
+import torch
+from accelerate.utils import set_seed
+from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, HfArgumentParser
+
+from trainer_utils import (
+    LoopArguments,
+    TrainingTask,
+    make_accelerator,
+    make_optimizer,
+    mean_loss,
+    paper_learning_rate,
+    plot_log,
+    token_batches,
+    train,
+)
+from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
+from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
+
+# A new model's size when none is given: BERT-Mini (Turc et al. 2019), small enough for a CPU.
+DEFAULT_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+
+
+@dataclass
+class PretrainArguments:
+    train_file: str | None = field(default=None, metadata={"help": "training text, one document per line (.gz ok)"})
+    validation_file: str | None = field(default=None, metadata={"help": "validation text, likewise: loss, perplexity"})
+    dataset_name: str | None = field(default=None, metadata={"help": "a datasets Hub id (instead of local files)"})
+    dataset_config_name: str | None = None
+    train_split: str = "train"
+    validation_split: str = "validation"
+    text_column: str = field(default="text", metadata={"help": "the text column of --dataset_name"})
+    model_name_or_path: str | None = field(
+        default=None, metadata={"help": "continue pretraining this vanilla_bert folder (default: a new model)"}
+    )
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "a saved WordPiece tokenizer folder (default: the checkpoint's, or one trained "
+                                        "on the training text into output_dir/tokenizer)"}
+    )
+    vocab_size: int = field(default=8000, metadata={"help": "WordPiece vocabulary size, when training one"})
+    hidden_size: int | None = field(default=None, metadata={"help": "new model only (default 256)"})
+    num_hidden_layers: int | None = field(default=None, metadata={"help": "new model only (default 4)"})
+    num_attention_heads: int | None = field(default=None, metadata={"help": "new model only (default 4)"})
+    intermediate_size: int | None = field(default=None, metadata={"help": "new model only (default 1024)"})
+    block_size: int = field(default=128, metadata={"help": "tokens per training sequence, [CLS] included"})
+    batch_size: int = field(default=32, metadata={"help": "blocks per micro-batch and process"})
+    eval_batch_size: int = field(default=64, metadata={"help": "blocks per validation batch"})
+    mlm_probability: float = field(default=0.15, metadata={"help": "fraction of the tokens (or words) to predict"})
+    whole_word_mask: bool = field(
+        default=False, metadata={"help": "mask every piece of a chosen word, always with [MASK]"}
+    )
+    sparse_prediction: bool = field(
+        default=True, metadata={"help": "run the MLM head on the masked positions only (--no_sparse_prediction: "
+                                        "everywhere; the same loss)"}
+    )
+
+    def __post_init__(self):
+        if self.dataset_name is None and not (self.train_file and self.validation_file):
+            raise ValueError("give --train_file and --validation_file, or --dataset_name")
+        if self.dataset_name is not None and (self.train_file or self.validation_file):
+            raise ValueError("give either --dataset_name or --train_file/--validation_file, not both")
+        given = [name for name in DEFAULT_SIZE if getattr(self, name) is not None]
+        if self.model_name_or_path and given:
+            raise ValueError(f"--{', --'.join(given)}: the size of {self.model_name_or_path} is fixed by its config")
+        if self.block_size < 2:
+            raise ValueError(f"--block_size {self.block_size}: a block holds [CLS] and at least one token")
+
+    def model_size(self) -> dict[str, int]:
+        return {name: getattr(self, name) or default for name, default in DEFAULT_SIZE.items()}
+
+
+# ------------------------------------------------------------------------------------------------------ data
+
+
+def load_texts(args: PretrainArguments) -> datasets.DatasetDict:
+    """Splits "train" and "validation", each with one column "text", blank lines dropped."""
+    if args.dataset_name:
+        splits = {"train": args.train_split, "validation": args.validation_split}
+        data = datasets.DatasetDict({ours: datasets.load_dataset(args.dataset_name, args.dataset_config_name,
+                                                                 split=theirs) for ours, theirs in splits.items()})
+        for split, table in data.items():
+            if args.text_column not in table.column_names:
+                raise ValueError(f"{args.dataset_name} ({splits[split]}) has no column {args.text_column!r}; its "
+                                 f"columns are {table.column_names} (choose one with --text_column)")
+        data = data.select_columns([args.text_column]).rename_column(args.text_column, "text")
+    else:
+        data = datasets.load_dataset("text", data_files={"train": args.train_file, "validation": args.validation_file})
+    return data.filter(lambda row: row["text"] is not None and not row["text"].isspace() and row["text"] != "")
+
+
+def group_blocks(documents: dict[str, list[list]], block_size: int, cls_id: int, sep_id: int) -> dict[str, list]:
+    """Documents tokenized without special tokens -> blocks of `block_size` tokens: BERT's input format.
+
+    Each document is closed with [SEP], the documents are concatenated, and the stream is cut into pieces of
+    `block_size - 1` tokens, each opened with [CLS]: "[CLS] ... end of a document [SEP] next document ...".
+    (The grouping of transformers' run_mlm.py, but with [CLS] first in every block, where fine-tuning reads the
+    sequence, and with the shorter last block kept rather than dropped: every token is trained on.)
+    Returns input_ids and special_tokens_mask (so the collator never masks [CLS] or [SEP]); offset_mapping too
+    when the documents have it (whole-word masking: a special token between two pieces ends a word)."""
+    columns = {"input_ids": [], "special_tokens_mask": []}
+    with_offsets = "offset_mapping" in documents
+    if with_offsets:
+        columns["offset_mapping"] = []
+    for index, ids in enumerate(documents["input_ids"]):
+        columns["input_ids"] += [*ids, sep_id]
+        columns["special_tokens_mask"] += [0] * len(ids) + [1]
+        if with_offsets:
+            columns["offset_mapping"] += [*map(tuple, documents["offset_mapping"][index]), (0, 0)]
+    first = {"input_ids": cls_id, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+    piece = block_size - 1
+    return {
+        name: [[first[name], *stream[start : start + piece]] for start in range(0, len(stream), piece)]
+        for name, stream in columns.items()
+    }
+
+
+def tokenize_blocks(texts: datasets.Dataset, tokenizer, block_size: int, whole_word_mask: bool,
+                    documents_per_group: int = 1000) -> datasets.Dataset:
+    """The blocks of a split, with their lengths (cached on disk by `datasets.map`). Documents are grouped
+    `documents_per_group` at a time, each group ending in a shorter block."""
+
+    def encode(batch):
+        # No truncation: a long document continues in the next block. verbose=False: no warning about lines
+        # longer than the model's maximum length, which is expected here.
+        documents = tokenizer(batch["text"], add_special_tokens=False, return_attention_mask=False,
+                              return_token_type_ids=False, return_offsets_mapping=whole_word_mask, verbose=False)
+        blocks = group_blocks(documents, block_size, tokenizer.cls_token_id, tokenizer.sep_token_id)
+        return {**blocks, "length": [len(ids) for ids in blocks["input_ids"]]}
+
+    return texts.map(encode, batched=True, batch_size=documents_per_group, remove_columns=texts.column_names,
+                     desc=f"blocks of {block_size} tokens")
+
+
+def make_collator(tokenizer, args: PretrainArguments, seed: int | None = None) -> DataCollatorForLanguageModeling:
+    """Pads and masks a batch of blocks. `seed=None` draws from torch's global RNG, which the checkpoints save:
+    a resumed run masks as the interrupted one would have."""
+    collator = WholeWordMaskCollator if args.whole_word_mask else DataCollatorForLanguageModeling
+    return collator(tokenizer, mlm_probability=args.mlm_probability, seed=seed)
+
+
+def collator_columns(args: PretrainArguments) -> list[str]:
+    return ["input_ids", "special_tokens_mask"] + (["offset_mapping"] if args.whole_word_mask else [])
+
+
+def masked_validation_batches(blocks: datasets.Dataset, tokenizer, args: PretrainArguments, seed: int) -> list[dict]:
+    """The validation batches, masked once with a fixed seed: every evaluation, with any number of processes,
+    scores the same masked positions, so the values are comparable along the run."""
+    collate = make_collator(tokenizer, args, seed=seed)
+    features = blocks.select_columns(collator_columns(args))
+    batches = token_batches(blocks["length"], args.eval_batch_size * args.block_size, seed=0, epoch=0,
+                            shuffle=False)
+    return [collate([features[i] for i in indices]) for indices in batches]
+
+
+# ---------------------------------------------------------------------------------------------- model, tokenizer
+
+
+def get_tokenizer(args: PretrainArguments, train_texts: datasets.Dataset, output_dir: Path):
+    """--tokenizer_name; else the checkpoint's; else the one this run trained before (resume); else a new WordPiece
+    on the training text, saved to output_dir/tokenizer."""
+    name = args.tokenizer_name or args.model_name_or_path
+    if name:
+        tokenizer = AutoTokenizer.from_pretrained(name)
+        if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
+            raise ValueError(f"the tokenizer of {name} lacks [MASK], [CLS] or [SEP]: it is not a BERT tokenizer")
+        return tokenizer
+    folder = output_dir / "tokenizer"
+    if (folder / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(folder)
+    tokenizer = train_wordpiece_tokenizer(train_texts["text"], vocab_size=args.vocab_size, show_progress=False)
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def get_model(args: PretrainArguments, tokenizer) -> VanillaBertForMaskedLM:
+    if args.model_name_or_path:
+        model = AutoModelForMaskedLM.from_pretrained(args.model_name_or_path)
+        if not isinstance(model, VanillaBertForMaskedLM):
+            raise ValueError(f"{args.model_name_or_path} holds a {model.config.model_type!r} model; this script "
+                             "continues vanilla_bert checkpoints")
+        if model.config.vocab_size < len(tokenizer):
+            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the model {model.config.vocab_size}: use "
+                             "the checkpoint's own tokenizer")
+    else:
+        config = VanillaBertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
+                                   **args.model_size())
+        model = VanillaBertForMaskedLM(config)
+    if args.block_size > model.config.max_position_embeddings:
+        raise ValueError(f"--block_size {args.block_size} exceeds the model's max_position_embeddings "
+                         f"({model.config.max_position_embeddings})")
+    model.config.sparse_prediction = args.sparse_prediction
+    return model
+
+
+# ------------------------------------------------------------------------------------------------------ main
+
+
+def main(args: PretrainArguments, loop: LoopArguments):
+    if loop.average_last != 1:
+        raise ValueError("--average_last: checkpoint averaging is offered by train_translation.py only")
+    accelerator = make_accelerator(loop)
+    output_dir = Path(loop.output_dir)
+    set_seed(loop.seed)
+
+    with accelerator.main_process_first():  # the other processes then read what the main one wrote
+        texts = load_texts(args)
+        tokenizer = get_tokenizer(args, texts["train"], output_dir)
+        blocks = {split: tokenize_blocks(texts[split], tokenizer, args.block_size, args.whole_word_mask)
+                  for split in ("train", "validation")}
+    validation_batches = masked_validation_batches(blocks["validation"], tokenizer, args, seed=loop.seed)
+    lengths = list(blocks["train"]["length"])
+
+    model = get_model(args, tokenizer)
+    learning_rate = loop.learning_rate or paper_learning_rate(model.config.hidden_size, loop.warmup_steps)
+    optimizer, scheduler = make_optimizer(model, loop, learning_rate)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    accelerator.print(
+        f"{len(texts['train'])} training documents -> {len(lengths)} blocks, {sum(lengths)} tokens; validation "
+        f"{len(blocks['validation'])} blocks, {sum(int((b['labels'] != -100).sum()) for b in validation_batches)} "
+        f"masked tokens; model: {accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak "
+        f"learning rate {learning_rate:.2e}; global batch = {accelerator.num_processes} processes x "
+        f"{loop.gradient_accumulation_steps} micro-batches x {args.batch_size} blocks"
+    )
+    arguments = {**asdict(args), **asdict(loop)}
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+    if loop.report_to:
+        accelerator.init_trackers("pretrain_mlm", config={k: v for k, v in arguments.items()
+                                                          if isinstance(v, (int, float, str, bool))})
+
+    def evaluate(model_in_eval_mode) -> dict:
+        mine = validation_batches[accelerator.process_index :: accelerator.num_processes]
+        loss = mean_loss(accelerator, model_in_eval_mode, mine)
+        return {"val_loss": round(loss, 4), "val_perplexity": round(math.exp(loss), 2)}
+
+    task = TrainingTask(
+        dataset=blocks["train"].select_columns(collator_columns(args)),
+        collate=make_collator(tokenizer, args),
+        epoch_batches=lambda epoch: token_batches(lengths, args.batch_size * args.block_size, loop.seed, epoch),
+        loss=lambda model, batch, num_items: model(**batch, num_items_in_batch=num_items).loss,
+        count_tokens=lambda batch: batch["attention_mask"].sum(),  # the labels are a subset of the inputs
+        evaluate=evaluate,
+        signature={"block_size": args.block_size, "batch_size": args.batch_size, "train_blocks": len(lengths),
+                   "train_tokens": sum(lengths)},
+    )
+    outcome = train(accelerator, model, optimizer, scheduler, task, loop)
+    if not outcome.completed:
+        accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
+                          "the same command and --resume")
+        accelerator.end_training()
+        return outcome
+    if accelerator.is_main_process:
+        final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
+        (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+        plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
+        accelerator.print(f"validation ({args.validation_file or args.dataset_name}): loss "
+                          f"{outcome.metrics['val_loss']:.4f} per masked token, perplexity "
+                          f"{outcome.metrics['val_perplexity']:.2f}; saved {final}, curves in "
+                          f"{output_dir / 'training_curves.png'}")
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return outcome
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopArguments]:
+    parser = HfArgumentParser((PretrainArguments, LoopArguments), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+if __name__ == "__main__":
+    outcome = main(*parse_args())
+    if outcome.stop_reason == "interrupted":
+        sys.exit(130)

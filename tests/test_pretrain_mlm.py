@@ -1,0 +1,263 @@
+"""scripts/pretrain_mlm.py with a tiny BERT on a few hundred lines of templated text: the blocks cover every token,
+whole-word masking works on blocks, a few dozen steps lower the validation perplexity, the final folder loads with
+remote code and answers fill-mask, continued pretraining and fine-tuning start from it, and a stopped and resumed
+run ends with the weights of an uninterrupted one (the masks come from the checkpointed RNG)."""
+
+import json
+import math
+import os
+import random
+import subprocess
+from pathlib import Path
+
+import datasets
+import pytest
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from remote import run_without_package
+from test_accelerate import launch_command
+from test_train_translation import SCRIPTS
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+import finetune_classification
+import pretrain_mlm
+from trainer_utils import mean_loss
+from vanilla_transformer.modeling import VanillaBertForMaskedLM
+from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
+
+ANIMALS = ["cat", "dog", "horse", "bird", "fish", "cow", "sheep", "goat"]
+FOODS = ["grass", "seeds", "meat", "bread", "apples", "corn", "hay", "fruit"]
+PLACES = ["garden", "field", "house", "barn", "river", "forest", "yard", "park"]
+SENTENCE = "the cat eats [MASK] in the garden ."
+
+
+def documents(count: int, seed: int) -> list[str]:
+    """Documents of one to four sentences "the <animal> eats <food> in the <place> ."."""
+    rng = random.Random(seed)
+    return [" ".join(f"the {rng.choice(ANIMALS)} eats {rng.choice(FOODS)} in the {rng.choice(PLACES)} ."
+                     for _ in range(rng.randint(1, 4))) for _ in range(count)]
+
+
+def write_corpus(folder: Path) -> Path:
+    """train.txt: 300 documents, one per line, with blank and whitespace-only lines between; val.txt: 40."""
+    folder.mkdir(parents=True, exist_ok=True)
+    train = [line for i, text in enumerate(documents(300, seed=0)) for line in ([text, ""] if i % 7 else [text, " "])]
+    (folder / "train.txt").write_text("\n".join(train) + "\n")
+    (folder / "val.txt").write_text("\n".join(documents(40, seed=1)) + "\n")
+    return folder
+
+
+def run_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
+    """A 2-layer, 32-wide BERT on blocks of 32 tokens, 8 blocks per step: a few ms per step."""
+    return [
+        "--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "val.txt"),
+        "--output_dir", str(output_dir), "--vocab_size", "100", "--block_size", "32", "--batch_size", "8",
+        "--warmup_steps", "5", "--learning_rate", "3e-3", "--logging_steps", "5", "--save_steps", "20", *extra,
+    ]  # fmt: skip
+
+
+def tiny_model_args() -> list[str]:
+    return ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--intermediate_size",
+            "64"]
+
+
+def run(argv: list[str]):
+    return pretrain_mlm.main(*pretrain_mlm.parse_args(argv))
+
+
+def weights(folder: Path) -> dict[str, torch.Tensor]:
+    return safetensors.torch.load_file(folder / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tmp_path_factory):
+    """A 40-step run from scratch, evaluated every 10 steps."""
+    root = tmp_path_factory.mktemp("mlm")
+    corpus = write_corpus(root / "data")
+    outcome = run(run_args(corpus, root / "run", *tiny_model_args(), "--max_steps", "40", "--eval_steps", "10"))
+    return corpus, root / "run", outcome
+
+
+def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path):
+    texts = documents(50, seed=2)
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=70, min_frequency=1, show_progress=False)
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
+    blocks = pretrain_mlm.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=16,
+                                          whole_word_mask=True, documents_per_group=7)
+    ids = blocks["input_ids"]
+    # every document, closed by [SEP], in order, each token exactly once, after the [CLS] opening each block
+    expected = [token for text in texts for token in [*tokenizer(text, add_special_tokens=False)["input_ids"], sep]]
+    assert all(block[0] == cls for block in ids)
+    assert [token for block in ids for token in block[1:]] == expected
+    # full blocks, but for the last of each group of 7 documents
+    groups = [expected_len for start in range(0, 50, 7) for expected_len in [sum(
+        len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1 for text in texts[start : start + 7])]]
+    assert len(ids) == sum(math.ceil(tokens / 15) for tokens in groups)
+    assert sorted(len(block) for block in ids)[len(groups):] == [16] * (len(ids) - len(groups))
+    assert blocks["length"] == [len(block) for block in ids]
+    for block, special, offsets in zip(ids, blocks["special_tokens_mask"], blocks["offset_mapping"]):
+        assert special == [int(token in (cls, sep)) for token in block] and len(offsets) == len(block)
+
+    # local files: one document per line, blank and whitespace-only lines skipped
+    corpus = write_corpus(tmp_path)
+    args, _ = pretrain_mlm.parse_args(run_args(corpus, tmp_path / "out", "--max_steps", "1"))
+    loaded = pretrain_mlm.load_texts(args)
+    assert loaded["train"]["text"] == documents(300, seed=0) and len(loaded["validation"]) == 40
+
+    # a dataset (a folder here, as a Hub id would be): its split names and text column
+    (tmp_path / "hub").mkdir()
+    for split, rows in (("train", texts[:30]), ("test", ["", *texts[30:]])):
+        (tmp_path / "hub" / f"{split}.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in rows))
+    hub = ["--dataset_name", str(tmp_path / "hub"), "--validation_split", "test", "--output_dir", "o", "--max_steps",
+           "1"]
+    loaded = pretrain_mlm.load_texts(pretrain_mlm.parse_args([*hub, "--text_column", "content"])[0])
+    assert loaded["train"]["text"] == texts[:30] and loaded["validation"]["text"] == texts[30:]
+    with pytest.raises(ValueError, match=r"has no column 'text'; its columns are \['content'\]"):
+        pretrain_mlm.load_texts(pretrain_mlm.parse_args(hub)[0])
+
+
+def test_whole_word_masking_of_blocks_masks_every_piece_of_a_word_and_no_special_token():
+    texts = ["unbelievably tall giraffes", "zebras graze peacefully"] * 3
+    tokenizer = train_wordpiece_tokenizer(texts, vocab_size=40, min_frequency=1, show_progress=False)
+    blocks = pretrain_mlm.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=12,
+                                          whole_word_mask=True)
+    args, _ = pretrain_mlm.parse_args(["--train_file", "t", "--validation_file", "v", "--output_dir", "o",
+                                       "--max_steps", "1", "--whole_word_mask", "--mlm_probability", "0.4"])
+    collate = pretrain_mlm.make_collator(tokenizer, args, seed=0)
+    assert isinstance(collate, WholeWordMaskCollator)
+    features = blocks.select_columns(pretrain_mlm.collator_columns(args))
+    batch = collate([features[i] for i in range(len(features))])
+    masked = batch["labels"] != -100
+    assert masked.any()
+    for row, block in enumerate(blocks["input_ids"]):
+        pieces = tokenizer.convert_ids_to_tokens(block)
+        words, word = [], []  # positions of each word: a "##" piece continues it; [CLS] and [SEP] end it
+        for position, piece in enumerate(pieces):
+            if piece.startswith("##") and word:
+                word.append(position)
+            else:
+                words.append(word)
+                word = [] if piece in ("[CLS]", "[SEP]") else [position]
+        words.append(word)
+        for word in filter(None, words):
+            assert len({bool(masked[row, p]) for p in word}) == 1, [pieces[p] for p in word]  # all or none
+        special = [p for p, piece in enumerate(pieces) if piece in ("[CLS]", "[SEP]")]
+        assert not masked[row, special].any()
+
+
+def test_a_few_dozen_steps_lower_the_validation_perplexity_and_leave_a_hub_folder(pretrained):
+    _, output_dir, outcome = pretrained
+    assert outcome.completed and outcome.global_step == 40
+    evaluations = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
+    evaluations = [record for record in evaluations if "val_loss" in record]
+    assert [record["step"] for record in evaluations] == [10, 20, 30, 40]
+    for record in evaluations:
+        assert record["val_perplexity"] == pytest.approx(math.exp(record["val_loss"]), rel=1e-3)
+    first, last = evaluations[0], evaluations[-1]
+    assert last["val_loss"] < first["val_loss"] - 0.1 and last["val_perplexity"] < 50  # 100 for a uniform guess
+    assert outcome.metrics == {"val_loss": last["val_loss"], "val_perplexity": last["val_perplexity"]}
+    assert (output_dir / "training_curves.png").stat().st_size > 10_000
+
+    final = output_dir / "final"
+    config = json.loads((final / "config.json").read_text())
+    assert config["sparse_prediction"] and config["hidden_size"] == 32
+    assert config["auto_map"]["AutoModelForMaskedLM"] == "modeling_vanilla_bert.VanillaBertForMaskedLM"
+    # As a Hub user has it: transformers alone, the folder's own code
+    remote = run_without_package(
+        f"""
+        import json
+        from transformers import AutoModelForMaskedLM, pipeline
+        model = AutoModelForMaskedLM.from_pretrained({str(final)!r}, trust_remote_code=True)
+        fill = pipeline("fill-mask", model={str(final)!r}, trust_remote_code=True)
+        answers = fill("{SENTENCE}", top_k=3)
+        print(json.dumps({{"class": type(model).__name__, "pipeline_class": type(fill.model).__name__,
+                          "answers": [[a["token"], a["score"]] for a in answers]}}))
+        """,
+        cwd=str(final),
+    )
+    assert remote["class"] == remote["pipeline_class"] == "VanillaBertForMaskedLM"
+    # the answers are what our package's model computes: the top of the softmax over the vocabulary at [MASK]
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    batch = tokenizer(SENTENCE, return_tensors="pt")
+    with torch.no_grad():
+        logits = VanillaBertForMaskedLM.from_pretrained(final).eval()(**batch).logits  # (1, T, V)
+    top = logits[0, batch["input_ids"][0].tolist().index(tokenizer.mask_token_id)].softmax(-1).topk(3)
+    assert [token for token, _ in remote["answers"]] == top.indices.tolist()
+    torch.testing.assert_close(torch.tensor([score for _, score in remote["answers"]]), top.values)
+
+
+def test_continued_pretraining_and_fine_tuning_start_from_the_checkpoint(pretrained, tmp_path):
+    corpus, output_dir, _ = pretrained
+    final = output_dir / "final"
+    # a learning rate that changes nothing: the weights must come back as loaded; whole-word masking on the way
+    outcome = run(run_args(corpus, tmp_path / "more", "--model_name_or_path", str(final), "--whole_word_mask",
+                           "--no_sparse_prediction", "--learning_rate", "1e-12", "--max_steps", "2"))
+    assert outcome.completed and 0 < outcome.metrics["val_loss"]
+    assert not (tmp_path / "more" / "tokenizer").exists()  # the checkpoint's tokenizer was used
+    assert not json.loads((tmp_path / "more" / "final" / "config.json").read_text())["sparse_prediction"]
+    continued, original = weights(tmp_path / "more" / "final"), weights(final)
+    assert continued.keys() == original.keys()
+    for key in original:
+        torch.testing.assert_close(continued[key], original[key])
+
+    # finetune_classification.py takes the folder: the encoder comes from the checkpoint, the classifier is new
+    (tmp_path / "test.tsv").write_text("sentence\tlabel\nthe cat eats hay in the barn .\t1\nthe dog eats meat .\t0\n")
+    finetune_classification.main(["--model_name_or_path", str(final), "--test_file", str(tmp_path / "test.tsv"),
+                                  "--output_dir", str(tmp_path / "classifier")])
+    classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "classifier")
+    torch.testing.assert_close(classifier.bert.embeddings.embed_tokens.weight,
+                               original["bert.embeddings.embed_tokens.weight"])
+
+
+def test_stopped_and_resumed_pretraining_ends_with_the_same_weights(tmp_path):
+    corpus = write_corpus(tmp_path / "data")
+    common = [*tiny_model_args(), "--max_steps", "6", "--save_steps", "3"]  # dropout 0.1 on, masks drawn each step
+    first = run(run_args(corpus, tmp_path / "split", *common, "--max_steps_this_run", "4"))
+    assert not first.completed and first.global_step == 4
+    second = run(run_args(corpus, tmp_path / "split", *common, "--resume"))  # reuses the tokenizer it trained
+    # The same tokenizer for the reference run: WordPiece training is not deterministic (token ids vary run to run)
+    full = run(run_args(corpus, tmp_path / "full", *common, "--tokenizer_name", str(tmp_path / "split" / "tokenizer")))
+    assert full.completed and second.completed and second.global_step == full.global_step == 6
+    resumed, uninterrupted = weights(second.checkpoint), weights(full.checkpoint)
+    assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
+    assert second.metrics == full.metrics
+
+
+def test_two_processes_evaluate_the_same_masked_positions_as_one(tmp_path):
+    """Under `accelerate launch` with 2 processes: each process scores its share of the validation batches, whose
+    masks were drawn once from the seed; the reduced loss equals one process scoring all of them."""
+    corpus = write_corpus(tmp_path / "data")
+    argv = run_args(corpus, tmp_path / "two", *tiny_model_args(), "--max_steps", "4", "--eval_steps", "2")
+    process = subprocess.run(
+        [*launch_command(2), str(SCRIPTS / "pretrain_mlm.py"), *argv],
+        env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+        stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180,
+    )
+    assert process.returncode == 0, (process.stdout + process.stderr)[-6000:]
+    assert "global batch = 2 processes x 1 micro-batches x 8 blocks" in process.stdout
+    last = [json.loads(line) for line in (tmp_path / "two" / "log.jsonl").read_text().splitlines()][-1]
+    assert last["step"] == 4
+
+    args, loop = pretrain_mlm.parse_args(argv)
+    final = tmp_path / "two" / "final"
+    tokenizer = AutoTokenizer.from_pretrained(final)
+    blocks = pretrain_mlm.tokenize_blocks(pretrain_mlm.load_texts(args)["validation"], tokenizer, args.block_size,
+                                          whole_word_mask=False)
+    batches = pretrain_mlm.masked_validation_batches(blocks, tokenizer, args, seed=loop.seed)
+    loss = mean_loss(Accelerator(cpu=True), VanillaBertForMaskedLM.from_pretrained(final).eval(), batches)
+    assert last["val_loss"] == pytest.approx(loss, abs=1e-4)
+
+
+def test_arguments_are_checked_and_help_explains(tmp_path, capsys):
+    files = ["--train_file", "t.txt", "--validation_file", "v.txt", "--output_dir", str(tmp_path), "--max_steps", "1"]
+    with pytest.raises(ValueError, match="--hidden_size: the size of ckpt is fixed by its config"):
+        pretrain_mlm.parse_args([*files, "--model_name_or_path", "ckpt", "--hidden_size", "64"])
+    with pytest.raises(ValueError, match="give --train_file and --validation_file, or --dataset_name"):
+        pretrain_mlm.parse_args(["--train_file", "t.txt", "--output_dir", str(tmp_path), "--max_steps", "1"])
+    with pytest.raises(SystemExit):
+        pretrain_mlm.parse_args(["--help"])
+    text = capsys.readouterr().out
+    for expected in ("--block_size", "--whole_word_mask", "--no_sparse_prediction", "--resume", "perplexity",
+                     "--from_scratch", "wikitext2/test.txt"):
+        assert expected in text

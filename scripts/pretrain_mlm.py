@@ -117,7 +117,8 @@ class PretrainArguments:
             raise ValueError(f"--block_size {self.block_size}: a block holds [CLS] and at least one token")
 
     def model_size(self) -> dict[str, int]:
-        return {name: getattr(self, name) or default for name, default in DEFAULT_SIZE.items()}
+        return {name: default if getattr(self, name) is None else getattr(self, name)
+                for name, default in DEFAULT_SIZE.items()}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -133,10 +134,12 @@ def load_texts(args: PretrainArguments) -> datasets.DatasetDict:
             if args.text_column not in table.column_names:
                 raise ValueError(f"{args.dataset_name} ({splits[split]}) has no column {args.text_column!r}; its "
                                  f"columns are {table.column_names} (choose one with --text_column)")
-        data = data.select_columns([args.text_column]).rename_column(args.text_column, "text")
+        data = data.select_columns([args.text_column])
+        if args.text_column != "text":
+            data = data.rename_column(args.text_column, "text")
     else:
         data = datasets.load_dataset("text", data_files={"train": args.train_file, "validation": args.validation_file})
-    return data.filter(lambda row: row["text"] is not None and not row["text"].isspace() and row["text"] != "")
+    return data.filter(lambda row: bool(row["text"] and row["text"].strip()))
 
 
 def group_blocks(documents: dict[str, list[list]], block_size: int, cls_id: int, sep_id: int) -> dict[str, list]:

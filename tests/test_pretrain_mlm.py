@@ -105,16 +105,20 @@ def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path):
     loaded = pretrain_mlm.load_texts(args)
     assert loaded["train"]["text"] == documents(300, seed=0) and len(loaded["validation"]) == 40
 
-    # a dataset (a folder here, as a Hub id would be): its split names and text column
-    (tmp_path / "hub").mkdir()
-    for split, rows in (("train", texts[:30]), ("test", ["", *texts[30:]])):
-        (tmp_path / "hub" / f"{split}.jsonl").write_text("".join(json.dumps({"content": t}) + "\n" for t in rows))
-    hub = ["--dataset_name", str(tmp_path / "hub"), "--validation_split", "test", "--output_dir", "o", "--max_steps",
-           "1"]
-    loaded = pretrain_mlm.load_texts(pretrain_mlm.parse_args([*hub, "--text_column", "content"])[0])
-    assert loaded["train"]["text"] == texts[:30] and loaded["validation"]["text"] == texts[30:]
-    with pytest.raises(ValueError, match=r"has no column 'text'; its columns are \['content'\]"):
-        pretrain_mlm.load_texts(pretrain_mlm.parse_args(hub)[0])
+    # a dataset (folders here, as Hub ids would be): its split names and text column, other columns dropped
+    for name, column in (("hub", "content"), ("hub2", "text")):
+        (tmp_path / name).mkdir()
+        for split, rows in (("train", texts[:30]), ("test", ["", *texts[30:]])):
+            lines = "".join(json.dumps({column: text, "id": i}) + "\n" for i, text in enumerate(rows))
+            (tmp_path / name / f"{split}.jsonl").write_text(lines)
+    common = ["--validation_split", "test", "--output_dir", "o", "--max_steps", "1"]
+    for argv in (["--dataset_name", str(tmp_path / "hub"), "--text_column", "content"],
+                 ["--dataset_name", str(tmp_path / "hub2")]):
+        loaded = pretrain_mlm.load_texts(pretrain_mlm.parse_args([*argv, *common])[0])
+        assert loaded["train"]["text"] == texts[:30] and loaded["validation"]["text"] == texts[30:]
+        assert loaded["train"].column_names == ["text"]
+    with pytest.raises(ValueError, match=r"has no column 'text'; its columns are \['content', 'id'\]"):
+        pretrain_mlm.load_texts(pretrain_mlm.parse_args(["--dataset_name", str(tmp_path / "hub"), *common])[0])
 
 
 def test_whole_word_masking_of_blocks_masks_every_piece_of_a_word_and_no_special_token():

@@ -420,6 +420,54 @@ def case_gqa(args) -> list[Result]:
     return results
 
 
+def scaling_plot(args, out: Path) -> Path:
+    """Encoder inference time (ours and BertModel, same weights) against sequence length and batch size: PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from transformers import BertModel
+
+    from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
+
+    cuda = args.device == "cuda"
+    shape = dict(hidden=768, layers=12, heads=12, intermediate=3072) if cuda else dict(hidden=256, layers=4, heads=4, intermediate=1024)
+    _, peer_mlm = bert_pair(args.device, **shape)
+    peer = BertModel(peer_mlm.config, add_pooling_layer=False).to(args.device).eval()
+    peer.load_state_dict(peer_mlm.bert.state_dict(), strict=False)
+    ours = convert_bert_to_vanilla(peer).to(args.device).eval()
+    gen = torch.Generator().manual_seed(args.seed)
+
+    def seconds(model, batch, length):
+        ids = torch.randint(1000, 30522, (batch, length), generator=gen).to(args.device)
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        model(**inputs)  # warm-up
+        return statistics.median(timed(lambda: model(**inputs), args.device) for _ in range(3))
+
+    sweeps = {"sequence length (batch 32)": [(32, n, n) for n in (32, 64, 128, 256, 512)],  # (batch, length, x)
+              "batch size (length 128)": [(b, 128, b) for b in (8, 16, 32, 64, 128)]}
+    figure, axes = plt.subplots(1, 2, figsize=(11, 4))
+    with torch.inference_mode():
+        for axis, (label, points) in zip(axes, sweeps.items()):
+            xs = [x for _, _, x in points]
+            for name, model in (("ours", ours), ("BertModel", peer)):
+                axis.plot(xs, [seconds(model, b, n) * 1000 for b, n, _ in points], marker="o", label=name)
+            axis.set_xscale("log", base=2)
+            axis.set_yscale("log")
+            axis.set_xlabel(label)
+            axis.set_ylabel("forward time (ms)")
+            axis.grid(True, which="both", alpha=0.3)
+            axis.legend()
+    name = "L{layers}-H{hidden}".format(**shape)
+    figure.suptitle(f"Encoder inference {name}, {machine()}", fontsize=9)
+    figure.tight_layout()
+    path = out / f"scaling{'' if args.device == 'cpu' else '_' + args.device}.png"
+    out.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    print(f"scaling plot: {path}")
+    return path
+
+
 CASES = {1: case_mlm_training, 2: case_encoder_inference, 3: case_seq2seq_training, 4: case_generation, 5: case_gqa}
 
 
@@ -458,6 +506,8 @@ def main(args: BenchmarkArguments) -> None:
         print(f"case {case}: {CASES[case].__doc__.splitlines()[0]}", flush=True)
         results += CASES[case](args)
     write_report(results, args, Path(args.output_dir))
+    if args.scaling_plot:
+        scaling_plot(args, Path(args.output_dir))
 
 
 if __name__ == "__main__":

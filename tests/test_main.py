@@ -1,0 +1,85 @@
+"""The README's main job (scripts/main.py): both families from text to a Hub-ready folder that reloads with the
+Auto classes and answers in its pipeline. Run here on small slices of the embedded corpora for speed."""
+
+import json
+import re
+
+import pytest
+import torch
+from transformers import AutoTokenizer
+
+import main as main_job
+from text_data import stdlib_docstrings
+from translation_data import babel_pairs
+from vanilla_transformer.modeling import VanillaBertForMaskedLM
+
+
+def test_the_embedded_english_text_is_prose_and_the_same_every_time():
+    documents = stdlib_docstrings()
+    assert len(documents) > 3000 and sum(len(d.split()) for d in documents) > 50_000
+    assert len(set(documents)) == len(documents)
+    assert not any(d.startswith(">>>") for d in documents)
+    assert all(len(d.split()) >= 6 and "\n" not in d for d in documents)
+    assert stdlib_docstrings(max_documents=50) == documents[:50]
+
+
+def test_main_job_trains_both_families_and_their_folders_answer_in_pipelines(tmp_path, capsys):
+    pairs = babel_pairs("de", "en")[:300]
+    (tmp_path / "train.de").write_text("\n".join(s for s, _ in pairs) + "\n")
+    (tmp_path / "train.en").write_text("\n".join(t for _, t in pairs) + "\n")
+    text = stdlib_docstrings(max_documents=400)
+    (tmp_path / "text.txt").write_text("\n".join(text) + "\n")
+    args = main_job.MainArguments(
+        output_dir=str(tmp_path / "out"), source_file=str(tmp_path / "train.de"), target_file=str(tmp_path / "train.en"),
+        text_file=str(tmp_path / "text.txt"), vocab_size=300, d_model=32, heads=2, ffn_dim=64, epochs=2,
+        bert_vocab_size=500, bert_hidden_size=32, bert_heads=2, bert_intermediate_size=64, bert_epochs=2,
+        bert_held_out=40, held_out=10,
+    )
+    folders = main_job.main(args)
+    out = capsys.readouterr().out
+
+    assert set(folders) == {"translation", "bert"}
+    for name, folder in folders.items():
+        config = json.loads((folder / "config.json").read_text())
+        assert config["auto_map"] and (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    assert "reloaded with AutoModelForSeq2SeqLM: VanillaTransformerForConditionalGeneration" in out
+    assert "reloaded with AutoModelForMaskedLM: VanillaBertForMaskedLM" in out
+    assert len(re.findall(r"^  '.*' +-> '.*' +\(reference ", out, flags=re.M)) == 15  # 10 held out + 5 seen
+    # fill-mask: 3 answers per probe, and they are our model's own top 3 at [MASK]
+    answer_lines = [line for line in out.splitlines() if line.startswith("  '") and "[MASK]" in line]
+    assert len(answer_lines) == len(main_job.FILL_MASK_PROBES)
+    tokenizer = AutoTokenizer.from_pretrained(folders["bert"])
+    model = VanillaBertForMaskedLM.from_pretrained(folders["bert"]).eval()
+    probe = main_job.FILL_MASK_PROBES[0]
+    batch = tokenizer(probe, return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**batch).logits[0, batch["input_ids"][0].tolist().index(tokenizer.mask_token_id)]
+    expected = [tokenizer.decode([i]).strip() for i in logits.topk(3).indices.tolist()]
+    assert [a.rsplit(" (", 1)[0] for a in answer_lines[0].split("-> ", 1)[1].split(", ")] == expected
+
+
+def test_mlm_training_of_the_main_job_lowers_held_out_perplexity():
+    torch.manual_seed(0)
+    documents = stdlib_docstrings(max_documents=600)
+    from vanilla_transformer.tokenization import train_wordpiece_tokenizer
+    from vanilla_transformer.modeling import VanillaBertConfig
+
+    tokenizer = train_wordpiece_tokenizer(documents[100:], vocab_size=600, show_progress=False)
+    train, held_out = (main_job.mlm_blocks(part, tokenizer, 32) for part in (documents[100:], documents[:100]))
+    model = VanillaBertForMaskedLM(VanillaBertConfig(
+        vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+        max_position_embeddings=64, sparse_prediction=True))
+    before = main_job.held_out_perplexity(model.eval(), held_out, tokenizer, seed=0)
+    collate = main_job.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
+    main_job.fit(model, lambda: [collate(train[i : i + 32]) for i in range(0, len(train), 32)], 3, 3e-3, 20, "test")
+    after = main_job.held_out_perplexity(model, held_out, tokenizer, seed=0)
+    assert before > 300 and after < 0.5 * before
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--families", "gpt"], "choose from translation, bert"),
+    (["--source_file", "x.de"], "pass both --source_file and --target_file"),
+])
+def test_main_job_arguments_are_checked(argv, message):
+    with pytest.raises(ValueError, match=message):
+        main_job.HfArgumentParser(main_job.MainArguments).parse_args_into_dataclasses(args=argv)

@@ -65,7 +65,7 @@ class MainArguments:
     layers: int = field(default=2, metadata={"help": "encoder and decoder layers each"})
     heads: int = 4
     ffn_dim: int = 512
-    epochs: int = field(default=30, metadata={"help": "passes over the training pairs"})
+    epochs: int = field(default=60, metadata={"help": "passes over the training pairs"})
     batch_size: int = 64
     learning_rate: float = field(default=1e-3, metadata={"help": "peak learning rate after warmup"})
     warmup_steps: int = 200

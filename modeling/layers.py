@@ -68,6 +68,15 @@ class Unpadder:
         token_mask = attention_mask.bool()
         return None if bool(token_mask.all()) else cls(token_mask)
 
+    def rows_of(self, positions: torch.Tensor) -> torch.Tensor:
+        """Flat (B * T) grid positions of real tokens -> their rows in the (N, ...) unpadded layout."""
+        rows = torch.full((self.batch * self.length,), -1, dtype=torch.long, device=self.indices.device)
+        rows[self.indices] = torch.arange(self.indices.numel(), device=self.indices.device)
+        rows = rows[positions]
+        if not torch.compiler.is_compiling() and bool((rows < 0).any()):
+            raise ValueError("output_positions include padding positions")
+        return rows
+
     def unpad(self, x: torch.Tensor) -> torch.Tensor:
         return x.flatten(0, 1).index_select(0, self.indices)  # (B, T, ...) -> (N, ...)
 
@@ -112,7 +121,10 @@ class MultiHeadAttention(nn.Module):
         past_key_values: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         unpadder: Unpadder | None = None,
+        output_index: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """`output_index` (M,): rows of the flattened output to keep (of the (B * T) grid, or of the N real tokens
+        with an unpadder); the output projection then runs on those M rows only, (M, D)."""
         # With an unpadder, hidden_states are the (N, D) real tokens: project them, then lay them out as (B, T).
         to_grid = unpadder.pad if unpadder is not None else (lambda x: x)
         query = to_grid(self.q_proj(hidden_states))  # (B, T, H * Dh)
@@ -156,6 +168,8 @@ class MultiHeadAttention(nn.Module):
         output = output.reshape(batch, length, -1)  # (B, T, H * Dh): the heads concatenated
         if unpadder is not None:
             output = unpadder.unpad(output)  # (N, H * Dh)
+        if output_index is not None:
+            output = output.flatten(0, -2).index_select(0, output_index)  # (M, H * Dh)
         return self.o_proj(output), weights
 
 
@@ -281,8 +295,14 @@ class TransformerLayer(GradientCheckpointingLayer):
         past_key_values: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         unpadder: Unpadder | None = None,  # hidden_states are then the (N, D) real tokens
+        output_index: torch.Tensor | None = None,  # (M,): only these rows of the output are wanted
     ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Returns (B, T, D), or (N, D) with an unpadder, or with `output_index` the (M, D) rows it selects of the
+        flattened output: attention still reads every position (all keys and values), but the output projection,
+        the residual, the norms and the feed-forward run on those M rows alone. Encoder layers only."""
         x = hidden_states
+        if output_index is not None and self.cross_attn is not None:
+            raise ValueError("output_index is for encoder layers (no cross-attention)")
         h, self_attn_weights = self.self_attn(
             self._sublayer_input(x, self.self_attn_norm),
             attention_mask=attention_mask,
@@ -290,7 +310,10 @@ class TransformerLayer(GradientCheckpointingLayer):
             past_key_values=past_key_values,
             output_attentions=output_attentions,
             unpadder=unpadder,
+            output_index=output_index,
         )
+        if output_index is not None:
+            x = x.flatten(0, -2).index_select(0, output_index)  # the residual stream at the kept rows, (M, D)
         x = self._add_and_norm(x, h, self.self_attn_norm)
 
         cross_attn_weights = None
@@ -340,13 +363,27 @@ class LayerStack(nn.Module):
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         unpadder: Unpadder | None = None,
+        output_positions: torch.Tensor | None = None,
     ) -> StackOutput:
-        """With an `unpadder` the layers work on real tokens only; what comes out is padded again, (B, T, D)."""
+        """With an `unpadder` the layers work on real tokens only; what comes out is padded again, (B, T, D).
+
+        `output_positions` (M,): flat indices into the (B * T) grid of the only positions whose final hidden state
+        is wanted (an MLM loss needs the masked ones alone). Every layer but the last runs on all positions, since
+        the last layer's attention reads them all; the last layer computes its output rows at those M positions
+        only, and `last_hidden_state` is (M, D), the same values the full stack gives there.
+        """
+        if output_positions is not None and output_hidden_states:
+            raise ValueError("output_positions returns the final hidden states at some positions only; it cannot "
+                             "be combined with output_hidden_states")
         all_hidden_states, self_attentions, cross_attentions = [], [], []
+        output_index = output_positions
+        if output_positions is not None and unpadder is not None:
+            output_index = unpadder.rows_of(output_positions)  # grid positions -> rows of the (N, D) real tokens
         repad = unpadder.pad if unpadder is not None else (lambda x: x)
         if unpadder is not None:
             hidden_states = unpadder.unpad(hidden_states)  # (N, D)
-        for layer in self.layers:
+        last = len(self.layers) - 1
+        for i, layer in enumerate(self.layers):
             if output_hidden_states:
                 all_hidden_states.append(repad(hidden_states))
             hidden_states, self_attn_weights, cross_attn_weights = layer(
@@ -358,12 +395,16 @@ class LayerStack(nn.Module):
                 past_key_values=past_key_values,
                 output_attentions=output_attentions,
                 unpadder=unpadder,
+                **({"output_index": output_index} if i == last and output_index is not None else {}),
             )
             self_attentions.append(self_attn_weights)
             cross_attentions.append(cross_attn_weights)
         if self.final_norm is not None:
             hidden_states = self.final_norm(hidden_states)
-        hidden_states = repad(hidden_states)  # (B, T, D)
+        if output_index is None:
+            hidden_states = repad(hidden_states)  # (B, T, D)
+        elif not self.layers:  # no layer to select the rows: select them here
+            hidden_states = hidden_states.flatten(0, -2).index_select(0, output_index)
         if output_hidden_states:
             all_hidden_states.append(hidden_states)
         return StackOutput(

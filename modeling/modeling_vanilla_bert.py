@@ -183,7 +183,11 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        output_positions: torch.Tensor | None = None,  # (M,) flat indices into the (B * T) grid
     ) -> BaseModelOutputWithPooling | tuple:
+        """With `output_positions`, only those positions' final hidden states are computed (the last layer's
+        output projection and feed-forward run on them alone; the values are the same): `last_hidden_state` is then
+        (M, D) and there is no `pooler_output`. The MLM head asks for its masked positions this way."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
         output_attentions = bool(output_attentions)
@@ -201,10 +205,12 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding else None,
+            output_positions=output_positions,
         )
+        pool = self.pooler is not None and output_positions is None
         output = BaseModelOutputWithPooling(
             last_hidden_state=stack.last_hidden_state,
-            pooler_output=self.pooler(stack.last_hidden_state) if self.pooler is not None else None,
+            pooler_output=self.pooler(stack.last_hidden_state) if pool else None,
             hidden_states=stack.hidden_states,
             attentions=stack.attentions,
         )
@@ -242,15 +248,7 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> MaskedLMOutput | tuple:
-        outputs = self.bert(
-            input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=token_type_ids,
-            inputs_embeds=inputs_embeds,
-            output_attentions=output_attentions,
-            output_hidden_states=output_hidden_states,
-        )
-        hidden_states = outputs.last_hidden_state  # (B, T, D)
+        masked = None
         if labels is not None:
             shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
             if labels.shape != shape:
@@ -260,8 +258,21 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
             if self.config.sparse_prediction:
                 # Only masked positions carry a loss: project only those onto the vocabulary (~15% of the tokens).
                 masked = (labels != -100).flatten().nonzero().squeeze(1)  # (N,) flat indices of masked positions
-                hidden_states = hidden_states.flatten(0, 1)[masked]  # (N, D)
                 labels = labels.flatten()[masked]  # (N,)
+        # The encoder's last layer computes its output at the masked positions only (same values there), unless
+        # every layer's hidden states are asked for.
+        outputs = self.bert(
+            input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            inputs_embeds=inputs_embeds,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            output_positions=None if output_hidden_states else masked,
+        )
+        hidden_states = outputs.last_hidden_state  # (B, T, D), or (N, D) at the masked positions
+        if masked is not None and output_hidden_states:
+            hidden_states = hidden_states.flatten(0, 1)[masked]  # (N, D)
         logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with sparse prediction
         loss = None
         if labels is not None:

@@ -71,6 +71,52 @@ def test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss():
     torch.testing.assert_close(fast_out.logits, dense.logits[labels != -100], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("normalize_before", [False, True])
+@pytest.mark.parametrize("skip_padding", [False, True])
+def test_bert_output_positions_equal_full_stack_rows(normalize_before, skip_padding):
+    """The last layer computed at some positions only gives the full stack's hidden states there."""
+    from vanilla_transformer.modeling import VanillaBertModel
+
+    config = tiny_bert_config(normalize_before=normalize_before, skip_padding=skip_padding)
+    model = VanillaBertModel(config).eval()
+    input_ids, mask = padded_batch(config.vocab_size, [9, 4, 7])
+    positions = mask.flatten().nonzero().squeeze(1)[torch.tensor([0, 3, 5, 9, 14])]
+    full = model(input_ids=input_ids, attention_mask=mask).last_hidden_state
+    part = model(input_ids=input_ids, attention_mask=mask, output_positions=positions)
+    assert part.last_hidden_state.shape == (5, config.hidden_size) and part.pooler_output is None
+    torch.testing.assert_close(part.last_hidden_state, full.flatten(0, 1)[positions], rtol=1e-5, atol=1e-5)
+    if skip_padding:
+        padding = (mask.flatten() == 0).nonzero()[0]
+        with pytest.raises(ValueError, match="padding"):
+            model(input_ids=input_ids, attention_mask=mask, output_positions=padding)
+    with pytest.raises(ValueError, match="output_hidden_states"):
+        model(input_ids=input_ids, attention_mask=mask, output_positions=positions, output_hidden_states=True)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_mlm_masked_positions_path_same_loss_and_gradients_as_dense(normalize_before):
+    """Sparse prediction runs the last layer at the masked positions only: loss and every gradient unchanged."""
+    config = tiny_bert_config(normalize_before=normalize_before, hidden_dropout_prob=0.0,
+                              attention_probs_dropout_prob=0.0)
+    dense, sparse = same_weights(VanillaBertForMaskedLM, config, sparse_prediction=True)
+    input_ids, mask = padded_batch(config.vocab_size, [12, 12, 12, 12])
+    labels = torch.full_like(input_ids, -100)
+    chosen = torch.rand(input_ids.shape) < 0.2
+    chosen[0, 0] = True
+    labels[chosen] = input_ids[chosen]
+    dense_out, sparse_out = dense(input_ids=input_ids, labels=labels), sparse(input_ids=input_ids, labels=labels)
+    torch.testing.assert_close(sparse_out.loss, dense_out.loss)
+    torch.testing.assert_close(sparse_out.logits, dense_out.logits[labels != -100], rtol=1e-5, atol=1e-5)
+    dense_out.loss.backward()
+    sparse_out.loss.backward()
+    for (name, d), s in zip(dense.named_parameters(), sparse.parameters()):
+        torch.testing.assert_close(s.grad, d.grad, rtol=1e-4, atol=1e-6, msg=name)
+    # asking for every layer's hidden states takes the full stack; same loss
+    with_states = sparse(input_ids=input_ids, labels=labels, output_hidden_states=True)
+    torch.testing.assert_close(with_states.loss, dense_out.loss)
+    assert len(with_states.hidden_states) == config.num_hidden_layers + 1
+
+
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
 def test_transformer_skip_padding_equals_padded_model(attn):
     config = tiny_transformer_config(attn_implementation=attn)

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_vanilla_bert import VanillaBertConfig
-from .layers import LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
+from .layers import Dropout, LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
 
 
 def check_segment_ids(token_type_ids: torch.Tensor, type_vocab_size: int) -> None:
@@ -68,7 +68,7 @@ class VanillaBertEmbeddings(nn.Module):
         self.embed_token_types = nn.Embedding(config.type_vocab_size, config.hidden_size)
         # BERT normalises the embedding sum (the Transformer paper scales by sqrt(d_model) instead)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(
         self,
@@ -291,7 +291,7 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.bert = VanillaBertModel(config)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
@@ -366,7 +366,7 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
         self.num_labels = config.num_labels
         self.bert = VanillaBertModel(config, add_pooling_layer=False)
         dropout = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 

@@ -17,7 +17,7 @@ from transformers.masking_utils import create_bidirectional_mask, create_causal_
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
 from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .layers import LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
+from .layers import Dropout, LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -100,7 +100,7 @@ class TransformerEncoder(LayerStack):
         self.embed_positions = PositionEmbedding(
             config.max_position_embeddings, config.d_model, config.position_embedding_type
         )
-        self.dropout = nn.Dropout(config.dropout)  # on the sums of embeddings and positions (section 5.4)
+        self.dropout = Dropout(config.dropout)  # on the sums of embeddings and positions (section 5.4)
 
     def embed(self, input_ids: torch.Tensor, name: str = "input_ids") -> torch.Tensor:
         """Token embeddings times sqrt(d_model); the decoder reads the same table."""
@@ -153,7 +153,7 @@ class TransformerDecoder(LayerStack):
         self.embed_positions = PositionEmbedding(
             config.max_position_embeddings, config.d_model, config.position_embedding_type
         )
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(
         self,

@@ -1,5 +1,6 @@
 """The fast paths give the results of the plain ones: skipping padding (`skip_padding`), sparse MLM prediction
-combined with it, and a compiled model against the eager one."""
+combined with it, the CPU dropout (same distribution as torch's) and the attention kernel CPU training runs,
+and a compiled model against the eager one."""
 
 import pytest
 import torch
@@ -10,7 +11,7 @@ from vanilla_transformer.modeling import (
     VanillaBertForSequenceClassification,
     VanillaTransformerForConditionalGeneration,
 )
-from vanilla_transformer.modeling.layers import Unpadder
+from vanilla_transformer.modeling.layers import Dropout, Unpadder, apply_dropout, eager_attention_forward
 
 
 def padded_batch(vocab: int, lengths: list[int], pad_id: int = 0):
@@ -170,3 +171,77 @@ def test_compiled_model_equals_eager_model():
             compiled(input_ids=input_ids, attention_mask=mask).logits,
             model(input_ids=input_ids, attention_mask=mask).logits,
         )
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.9])
+def test_cpu_dropout_has_torch_dropout_distribution_and_gradient(p):
+    x = torch.rand(256, 4096) + 1.0  # no zeros: a zero in the output is a dropped element
+    x.requires_grad_(True)
+    out = apply_dropout(x, p, training=True)
+    kept = out != 0
+    n = x.numel()
+    sigma = (p * (1 - p) / n) ** 0.5
+    assert abs(kept.float().mean().item() - (1 - p)) < 5 * sigma  # P(keep) = 1 - p
+    torch.testing.assert_close(out[kept], x.detach()[kept] / (1 - p))  # kept elements scaled by 1 / (1 - p)
+    # Independent elements: neighbours are not correlated (the two halves of each 64-bit draw included).
+    flat = kept.flatten().float()
+    assert abs((flat[0::2] * flat[1::2]).mean().item() - (1 - p) ** 2) < 5 * (1 - p) * (n / 2) ** -0.5
+    weights = torch.randn_like(x)
+    (out * weights).sum().backward()
+    torch.testing.assert_close(x.grad, weights * kept / (1 - p))  # the gradient goes through the same mask
+    torch.manual_seed(3)
+    first = apply_dropout(x.detach(), p, training=True)
+    torch.manual_seed(3)
+    assert torch.equal(apply_dropout(x.detach(), p, training=True), first)  # reproducible under a seed
+
+
+def test_dropout_module_is_identity_in_eval_and_at_zero():
+    x = torch.randn(4, 5, dtype=torch.bfloat16)
+    assert torch.equal(Dropout(0.3).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert apply_dropout(x, 0.3, training=True).dtype == torch.bfloat16
+    assert torch.equal(apply_dropout(x, 1.0, training=True), torch.zeros_like(x))  # torch's own edge case
+
+
+class _Heads:
+    training = False
+
+    def __init__(self, groups):
+        self.num_key_value_groups = groups
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_eager_kernel_takes_the_sdpa_masks(groups):
+    """CPU training runs the eager kernel with the masks built for sdpa: boolean, or None with is_causal."""
+    query = torch.randn(2, 4, 6, 8)
+    key, value = torch.randn(2, 4 // groups, 6, 8), torch.randn(2, 4 // groups, 6, 8)
+    expand = dict(dim=1, repeats=groups)
+    padding = torch.ones(2, 1, 6, 6, dtype=torch.bool)
+    padding[1, ..., 4:] = False
+    for mask, causal in [(padding, False), (None, True), (None, False)]:
+        ours, _ = eager_attention_forward(_Heads(groups), query, key, value, mask, scaling=8**-0.5, is_causal=causal)
+        reference = torch.nn.functional.scaled_dot_product_attention(
+            query, key.repeat_interleave(**expand), value.repeat_interleave(**expand), attn_mask=mask, is_causal=causal
+        )
+        torch.testing.assert_close(ours, reference.transpose(1, 2))
+
+
+def test_cpu_training_attention_path_equals_sdpa():
+    """In training on CPU with attention dropout, sdpa models run the eager kernel on sdpa's masks. With a dropout
+    probability too small to drop anything, training outputs equal the sdpa kernel's in eval mode."""
+    torch.manual_seed(0)
+    tiny_p = 1e-9  # keeps all but 4 of the 2^32 values of a draw
+    bert_config = tiny_bert_config(attention_probs_dropout_prob=tiny_p)
+    bert = VanillaBertForMaskedLM(bert_config)
+    input_ids, mask = padded_batch(bert_config.vocab_size, [9, 3, 6])
+    expected = bert.eval()(input_ids=input_ids, attention_mask=mask).logits
+    got = bert.train()(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(got[mask.bool()], expected[mask.bool()])
+
+    config = tiny_transformer_config(dropout=0.0, attention_dropout=tiny_p)
+    model = VanillaTransformerForConditionalGeneration(config)
+    source, source_mask = padded_batch(config.vocab_size, [7, 3, 5])
+    labels = torch.randint(4, config.vocab_size, (3, 6))  # no padding: the decoder's sdpa mask is None (is_causal)
+    expected = model.eval()(input_ids=source, attention_mask=source_mask, labels=labels).logits
+    got = model.train()(input_ids=source, attention_mask=source_mask, labels=labels).logits
+    torch.testing.assert_close(got, expected)

@@ -23,7 +23,7 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_vanilla_bert import VanillaBertConfig
-from .layers import Dropout, LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
+from .layers import Dropout, LayerStack, linear_cross_entropy, PositionEmbedding, Unpadder, check_token_ids, mask_config
 
 
 def check_segment_ids(token_type_ids: torch.Tensor, type_vocab_size: int) -> None:
@@ -110,8 +110,16 @@ class MaskedLMHead(nn.Module):
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.decoder = nn.Linear(hidden_size, vocab_size)  # BERT's name; weight tied to embed_tokens
 
+    def transform(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.activation(self.dense(hidden_states)))  # (..., D)
+
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.norm(self.activation(self.dense(hidden_states))))  # (..., V)
+        return self.decoder(self.transform(hidden_states))  # (..., V)
+
+    def loss_and_logits(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(summed cross-entropy, logits) at (N, D) positions with (N,) labels, the vocabulary projection and the
+        loss computed together in vocabulary chunks (`layers.linear_cross_entropy`)."""
+        return linear_cross_entropy(self.transform(hidden_states), self.decoder.weight, self.decoder.bias, labels)
 
 
 class VanillaBertPreTrainedModel(PreTrainedModel):
@@ -273,10 +281,19 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         hidden_states = outputs.last_hidden_state  # (B, T, D), or (N, D) at the masked positions
         if masked is not None and output_hidden_states:
             hidden_states = hidden_states.flatten(0, 1)[masked]  # (N, D)
-        logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with sparse prediction
         loss = None
-        if labels is not None:
-            loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+        chunked = masked is not None and masked.numel() > 0 and not torch.compiler.is_compiling()
+        if chunked and not torch.is_autocast_enabled(hidden_states.device.type):
+            # Sparse prediction: the projection onto the vocabulary and the loss together, chunk by chunk (the
+            # same values, faster on CPU, no log-softmax tensor); under autocast the usual path keeps its casts.
+            loss, logits = self.lm_head.loss_and_logits(hidden_states, labels)  # sum over the N masked positions
+            if torch.is_tensor(num_items_in_batch):  # Trainer's count of target tokens over accumulated batches
+                num_items_in_batch = num_items_in_batch.to(loss.device)
+            loss = loss / (labels.numel() if num_items_in_batch is None else num_items_in_batch)
+        else:
+            logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with sparse prediction
+            if labels is not None:
+                loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -1,5 +1,5 @@
 """The fast paths give the results of the plain ones: skipping padding (`skip_padding`), sparse MLM prediction
-combined with it, the CPU dropout (same distribution as torch's) and the attention kernel CPU training runs,
+combined with it, the MLM loss computed in vocabulary chunks, the CPU dropout (same distribution as torch's) and the attention kernel CPU training runs,
 and a compiled model against the eager one."""
 
 import pytest
@@ -11,7 +11,13 @@ from vanilla_transformer.modeling import (
     VanillaBertForSequenceClassification,
     VanillaTransformerForConditionalGeneration,
 )
-from vanilla_transformer.modeling.layers import Dropout, Unpadder, apply_dropout, eager_attention_forward
+from vanilla_transformer.modeling.layers import (
+    Dropout,
+    Unpadder,
+    apply_dropout,
+    eager_attention_forward,
+    linear_cross_entropy,
+)
 
 
 def padded_batch(vocab: int, lengths: list[int], pad_id: int = 0):
@@ -245,3 +251,36 @@ def test_cpu_training_attention_path_equals_sdpa():
     expected = model.eval()(input_ids=source, attention_mask=source_mask, labels=labels).logits
     got = model.train()(input_ids=source, attention_mask=source_mask, labels=labels).logits
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("chunk", [7, 32, 512])
+def test_chunked_linear_cross_entropy_equals_linear_then_cross_entropy(chunk):
+    """Loss, logits and every gradient equal torch's, with chunks that do not divide the vocabulary (100), labels
+    in the last partial chunk, and the logits used by a second loss term (their gradient adds to the loss's)."""
+    torch.manual_seed(0)
+    hidden = torch.randn(9, 16, requires_grad=True)
+    weight = torch.randn(100, 16, requires_grad=True)
+    bias = torch.randn(100, requires_grad=True)
+    labels = torch.tensor([0, 99, 98, 50, 7, 7, 31, 64, 96])
+    extra = torch.randn(9, 100)
+    results = []
+    for fused in (True, False):
+        if fused:
+            loss, logits = linear_cross_entropy(hidden, weight, bias, labels, chunk=chunk)
+        else:
+            logits = torch.nn.functional.linear(hidden, weight, bias)
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        (loss * 0.7 + (logits * extra).sum()).backward()
+        results.append((loss.detach(), logits.detach(), *(t.grad.clone() for t in (hidden, weight, bias))))
+        for t in (hidden, weight, bias):
+            t.grad = None
+    for name, ours, reference in zip(["loss", "logits", "hidden", "weight", "bias"], *results):
+        torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5, msg=name)
+    # only the loss, or only the logits, used
+    loss, logits = linear_cross_entropy(hidden, weight, bias, labels, chunk=chunk)
+    grad_loss_only = torch.autograd.grad(loss, weight, retain_graph=True)[0]
+    reference = torch.autograd.grad(
+        torch.nn.functional.cross_entropy(hidden @ weight.T + bias, labels, reduction="sum"), weight
+    )[0]
+    torch.testing.assert_close(grad_loss_only, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(torch.autograd.grad(logits.sum(), bias)[0], torch.full((100,), 9.0))

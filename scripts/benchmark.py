@@ -3,13 +3,15 @@
 Each case builds our model and the Hugging Face peer (weights copied through our converters), checks that their
 outputs agree, warms both up, then times them interleaved (ours, peer, ours, peer, ...) and reports the
 throughput ratio ours / peer (> 1: we are faster) as the median over repeats with its min-max spread, and the
-peak memory of one step of each (CPU: peak resident memory of a forked child; CUDA: max_memory_allocated).
+peak memory of one step of each (CPU: peak resident memory of a forked child, glibc set to give freed memory
+back at once; CUDA: max_memory_allocated).
 
     python scripts/benchmark.py                      # all cases, CPU shapes; results in benchmarks/
     python scripts/benchmark.py --cases 3 4 --repeats 3
     python scripts/benchmark.py --device cuda        # the same cases at BERT-base / paper-base shapes
 """
 
+import ctypes
 import gzip
 import json
 import os
@@ -94,6 +96,7 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
             os.close(read_fd)
             # The parent's OpenMP thread pool does not survive fork(): one thread runs the step without it.
             torch.set_num_threads(1)
+            _release_free_heap()
             before = _proc_status_kb("VmRSS")
             Path("/proc/self/clear_refs").write_text("5")
             fn()
@@ -108,6 +111,19 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
     os.close(read_fd)
     os.waitpid(pid, 0)
     return int(text) / 1024 if text else None
+
+
+def _release_free_heap() -> None:
+    """Make the child's resident memory follow its live memory (glibc): give back what earlier steps freed
+    (malloc_trim), and serve every allocation over 64 KB from its own mapping, unmapped when freed (a fixed
+    mmap threshold), so that the high-water mark is the call's peak of live memory rather than an artefact of
+    which heap holes the allocator happened to reuse."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: the figure may then understate or overstate
+        pass
 
 
 def _proc_status_kb(key: str) -> int:

@@ -215,6 +215,20 @@ class MultiHeadAttention(nn.Module):
         self.k_proj = nn.Linear(hidden_size, num_key_value_heads * self.head_dim)
         self.v_proj = nn.Linear(hidden_size, num_key_value_heads * self.head_dim)
         self.o_proj = nn.Linear(num_heads * self.head_dim, hidden_size)
+        self._stacked_qkv = None  # inference: (weights' identity, stacked weight, stacked bias); not saved
+
+    def project_qkv(self, hidden_states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Q, K, V of the same states. Without autograd (inference, decoding) one matrix product with the three
+        weights stacked, kept until a weight changes (in place or moved); in training, the three projections."""
+        projections = (self.q_proj, self.k_proj, self.v_proj)
+        if torch.is_grad_enabled() or torch.compiler.is_compiling():
+            return tuple(projection(hidden_states) for projection in projections)
+        identity = tuple((t.data_ptr(), t._version) for p in projections for t in (p.weight, p.bias))
+        if self._stacked_qkv is None or self._stacked_qkv[0] != identity:
+            weight = torch.cat([p.weight for p in projections])  # (H * Dh + 2 * K * Dh, D)
+            self._stacked_qkv = (identity, weight, torch.cat([p.bias for p in projections]))
+        stacked = nn.functional.linear(hidden_states, self._stacked_qkv[1], self._stacked_qkv[2])
+        return stacked.split([p.out_features for p in projections], dim=-1)
 
     def forward(
         self,
@@ -231,11 +245,14 @@ class MultiHeadAttention(nn.Module):
         with an unpadder); the output projection then runs on those M rows only, (M, D)."""
         # With an unpadder, hidden_states are the (N, D) real tokens: project them, then lay them out as (B, T).
         to_grid = unpadder.pad if unpadder is not None else (lambda x: x)
-        query = to_grid(self.q_proj(hidden_states))  # (B, T, H * Dh)
+        is_cross_attention = key_value_states is not None
+        if is_cross_attention:
+            query = to_grid(self.q_proj(hidden_states))  # (B, T, H * Dh)
+        else:
+            query, key, value = (to_grid(x) for x in self.project_qkv(hidden_states))  # (B, T, H * Dh), (B, T, K * Dh) x 2
         batch, length, _ = query.shape
         query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
 
-        is_cross_attention = key_value_states is not None
         if is_cross_attention and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
             # The encoder output does not change while decoding: its keys and values were projected at step one.
             cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
@@ -243,8 +260,6 @@ class MultiHeadAttention(nn.Module):
         else:
             if is_cross_attention:  # the encoder output, (B, S, D)
                 key, value = self.k_proj(key_value_states), self.v_proj(key_value_states)
-            else:
-                key, value = to_grid(self.k_proj(hidden_states)), to_grid(self.v_proj(hidden_states))
             kv_shape = (batch, key.shape[1], -1, self.head_dim)
             key = key.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             value = value.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)

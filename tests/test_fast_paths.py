@@ -13,6 +13,7 @@ from vanilla_transformer.modeling import (
 )
 from vanilla_transformer.modeling.layers import (
     Dropout,
+    MultiHeadAttention,
     Unpadder,
     apply_dropout,
     eager_attention_forward,
@@ -284,3 +285,26 @@ def test_chunked_linear_cross_entropy_equals_linear_then_cross_entropy(chunk):
     )[0]
     torch.testing.assert_close(grad_loss_only, reference, rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(torch.autograd.grad(logits.sum(), bias)[0], torch.full((100,), 9.0))
+
+
+@pytest.mark.parametrize("kv_heads", [4, 2, 1])
+def test_stacked_qkv_projection_in_inference_equals_three_projections(kv_heads):
+    """Without autograd Q, K, V come from one product with the stacked weights, rebuilt when a weight changes."""
+    attention = MultiHeadAttention(32, 4, kv_heads, 0.0, tiny_transformer_config())
+    x = torch.randn(3, 5, 32)
+    def separate():
+        return attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
+    with torch.no_grad():
+        for ours, reference in zip(attention.project_qkv(x), separate()):
+            torch.testing.assert_close(ours, reference)
+        attention.k_proj.weight.mul_(2.0)  # in place: the stacked copy must not go stale
+        attention.v_proj.bias.add_(1.0)
+        for ours, reference in zip(attention.project_qkv(x), separate()):
+            torch.testing.assert_close(ours, reference)
+    attention.load_state_dict({k: torch.randn_like(v) for k, v in attention.state_dict().items()})
+    with torch.inference_mode():
+        for ours, reference in zip(attention.project_qkv(x), separate()):
+            torch.testing.assert_close(ours, reference)
+    query, _, _ = attention.project_qkv(x)  # with autograd: the separate projections, gradients flow
+    query.sum().backward()
+    assert attention.q_proj.weight.grad is not None

@@ -3,8 +3,8 @@
 Each case builds our model and the Hugging Face peer (weights copied through our converters), checks that their
 outputs agree, warms both up, then times them interleaved (ours, peer, ours, peer, ...) and reports the
 throughput ratio ours / peer (> 1: we are faster) as the median over repeats with its min-max spread, and the
-peak memory of one step of each (CPU: peak resident memory of a forked child, glibc set to give freed memory
-back at once; CUDA: max_memory_allocated).
+peak memory of one step of each (CPU: peak of the C heap's live bytes in a forked child, `_GlibcHeap`;
+CUDA: max_memory_allocated).
 
     python scripts/benchmark.py                      # all cases, CPU shapes; results in benchmarks/
     python scripts/benchmark.py --cases 3 4 --repeats 3
@@ -84,11 +84,10 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
         fn()
         torch.cuda.synchronize()
         return (torch.cuda.max_memory_allocated() - before) / 2**20
-    if not Path("/proc/self/clear_refs").exists():
+    heap = _GlibcHeap.load()
+    if heap is None:
         return None
-    # A forked child starts from the same heap as its parent; resetting the high-water mark makes its VmHWM the
-    # peak of this one call. A fresh child per model keeps one model's freed-but-cached memory from hiding the
-    # other's.
+    # A fresh forked child per model keeps one model's freed-but-cached memory from hiding the other's.
     read_fd, write_fd = os.pipe()
     pid = os.fork()
     if pid == 0:  # child
@@ -96,11 +95,7 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
             os.close(read_fd)
             # The parent's OpenMP thread pool does not survive fork(): one thread runs the step without it.
             torch.set_num_threads(1)
-            _release_free_heap()
-            before = _proc_status_kb("VmRSS")
-            Path("/proc/self/clear_refs").write_text("5")
-            fn()
-            os.write(write_fd, str(_proc_status_kb("VmHWM") - before).encode())
+            os.write(write_fd, str(heap.peak_during(fn)).encode())
         finally:
             os._exit(0)
     os.close(write_fd)
@@ -110,27 +105,52 @@ def peak_memory_mb(fn: Callable[[], object], device: str) -> float | None:
     text = os.read(read_fd, 64).decode() if ready else ""
     os.close(read_fd)
     os.waitpid(pid, 0)
-    return int(text) / 1024 if text else None
+    return int(text) / 2**20 if text else None
 
 
-def _release_free_heap() -> None:
-    """Make the child's resident memory follow its live memory (glibc): give back what earlier steps freed
-    (malloc_trim), and serve every allocation over 64 KB from its own mapping, unmapped when freed (a fixed
-    mmap threshold), so that the high-water mark is the call's peak of live memory rather than an artefact of
-    which heap holes the allocator happened to reuse."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD
-        libc.malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: the figure may then understate or overstate
-        pass
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in
+                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                 "keepcost")]
 
 
-def _proc_status_kb(key: str) -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1])
-    raise KeyError(key)
+class _GlibcHeap:
+    """Bytes in use on the C heap (glibc's mallinfo2: every arena and mapped block), tensors and Python objects.
+
+    `peak_during(fn)` samples it at every Python-level and builtin call and return while `fn` runs (each torch op
+    included), so the figure is the peak of live memory between operations over what was in use before, however
+    the allocator caches. (A process's resident high-water mark also counts heap memory that earlier steps freed
+    and a fragmented layout could not reuse: it moved by tens of MB between identical runs here.) Temporaries
+    inside one kernel are not seen, for either model."""
+
+    def __init__(self, libc):
+        self.mallinfo2 = libc.mallinfo2
+        self.mallinfo2.restype = _Mallinfo2
+
+    @classmethod
+    def load(cls) -> "_GlibcHeap | None":
+        try:
+            return cls(ctypes.CDLL("libc.so.6"))
+        except (OSError, AttributeError):  # not glibc 2.33+: no figure
+            return None
+
+    def in_use(self) -> int:
+        info = self.mallinfo2()
+        return info.uordblks + info.hblkhd
+
+    def peak_during(self, fn: Callable[[], object]) -> int:
+        before = peak = self.in_use()
+
+        def sample(frame, event, arg):
+            nonlocal peak
+            peak = max(peak, self.in_use())
+
+        sys.setprofile(sample)
+        try:
+            fn()
+        finally:
+            sys.setprofile(None)
+        return max(peak, self.in_use()) - before
 
 
 def compare(case: str, metric: str, work: float, ours: Callable, peer: Callable, args, peer_name: str, note: str = "",

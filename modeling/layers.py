@@ -288,6 +288,7 @@ class MultiHeadAttention(nn.Module):
             scaling=self.scaling,
             is_causal=is_causal,
         )
+        del query, key, value  # not needed past the kernel: free them before the output projection runs
         output = output.reshape(batch, length, -1)  # (B, T, H * Dh): the heads concatenated
         if unpadder is not None:
             output = unpadder.unpad(output)  # (N, H * Dh)
@@ -438,6 +439,7 @@ class TransformerLayer(GradientCheckpointingLayer):
         if output_index is not None:
             x = x.flatten(0, -2).index_select(0, output_index)  # the residual stream at the kept rows, (M, D)
         x = self._add_and_norm(x, h, self.self_attn_norm)
+        del h  # added into x: free it before the next sublayer runs (peak memory)
 
         cross_attn_weights = None
         if self.cross_attn is not None:
@@ -450,6 +452,7 @@ class TransformerLayer(GradientCheckpointingLayer):
                 unpadder=unpadder,
             )
             x = self._add_and_norm(x, h, self.cross_attn_norm)
+            del h
 
         h = self.ffn(self._sublayer_input(x, self.ffn_norm))
         x = self._add_and_norm(x, h, self.ffn_norm)

@@ -120,14 +120,14 @@ class TransformerEncoder(LayerStack):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
-        hidden_states = self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1]))  # (B, S, D)
         padding_mask = create_bidirectional_mask(
             config=mask_config(self.config, output_attentions),
             inputs_embeds=inputs_embeds,
             attention_mask=attention_mask,
         )
         stack = super().forward(
-            hidden_states,
+            # (B, S, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
+            self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1])),
             attention_mask=padding_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -175,8 +175,6 @@ class TransformerDecoder(LayerStack):
                 "EncoderDecoderCache(DynamicCache(), DynamicCache())"
             )
         past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
-        hidden_states = inputs_embeds + self.embed_positions(inputs_embeds.shape[1], past_length)
-        hidden_states = self.dropout(hidden_states)  # (B, T, D)
 
         masks_for = mask_config(self.config, output_attentions)
         # Position t may attend to positions <= t only: the decoder never sees the future (section 3.2.3).
@@ -193,7 +191,8 @@ class TransformerDecoder(LayerStack):
             encoder_hidden_states=encoder_hidden_states,
         )
         stack = super().forward(
-            hidden_states,
+            # (B, T, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
+            self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1], past_length)),
             attention_mask=causal_mask,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=memory_mask,
@@ -372,6 +371,18 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             encoder_attentions=outputs.encoder_attentions,
         )
         return output if return_dict is None or return_dict else output.to_tuple()
+
+    def _reorder_cache(self, past_key_values: EncoderDecoderCache | None, beam_idx: torch.Tensor):
+        """Beam search, after each step: the surviving beams' self-attention keys/values, in their new order.
+
+        `generate` lays a sentence's beams out as consecutive rows of one encoder output (repeated), and a beam is
+        only ever replaced by a beam of the same sentence. The cross-attention keys/values are a function of the
+        encoder output alone, equal on every row of a sentence: reordering them (what the default does) copies
+        equal rows onto each other, the whole cross-attention cache once per step. It is left as it is.
+        """
+        if past_key_values is not None:  # None: generating without a cache
+            past_key_values.self_attention_cache.reorder_cache(beam_idx)
+        return past_key_values
 
     def _check_labels(self, labels, input_ids, decoder_input_ids) -> None:
         if labels.dim() != 2:

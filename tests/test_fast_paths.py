@@ -308,3 +308,37 @@ def test_stacked_qkv_projection_in_inference_equals_three_projections(kv_heads):
     query, _, _ = attention.project_qkv(x)  # with autograd: the separate projections, gradients flow
     query.sum().backward()
     assert attention.q_proj.weight.grad is not None
+
+
+def test_beam_search_skips_only_a_no_op_reorder_of_the_cross_attention_cache():
+    """Beam search reorders the self-attention cache only: the cross-attention keys/values it leaves in place must
+    equal what the default reorder (rows picked by beam_idx) would give, at every step where beams moved."""
+    torch.manual_seed(0)
+    config = tiny_transformer_config(pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    model = VanillaTransformerForConditionalGeneration(config).eval()
+    source, source_mask = padded_batch(config.vocab_size, [7, 3, 5])
+    moved, reorder = [], model._reorder_cache
+
+    def checked_reorder(past_key_values, beam_idx):
+        cross = past_key_values.cross_attention_cache
+        before = [(layer.keys.clone(), layer.values.clone()) for layer in cross.layers]
+        self_before = [layer.keys.index_select(0, beam_idx) for layer in past_key_values.self_attention_cache.layers]
+        out = reorder(past_key_values, beam_idx)
+        for (keys, values), layer in zip(before, out.cross_attention_cache.layers):
+            assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)  # left in place
+            assert torch.equal(keys.index_select(0, beam_idx), keys)  # which is what reordering would give
+            assert torch.equal(values.index_select(0, beam_idx), values)
+        for expected, layer in zip(self_before, out.self_attention_cache.layers):
+            assert torch.equal(layer.keys, expected)  # the self-attention cache is reordered
+        moved.append(bool((beam_idx != torch.arange(len(beam_idx))).any()))
+        return out
+
+    model._reorder_cache = checked_reorder
+    options = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, no_repeat_ngram_size=2,
+                   return_dict_in_generate=True, output_scores=True)
+    with torch.no_grad():
+        cached = model.generate(input_ids=source, attention_mask=source_mask, **options)
+        uncached = model.generate(input_ids=source, attention_mask=source_mask, use_cache=False, **options)
+    assert any(moved)  # beams did change places: the check above saw real reorders
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, rtol=1e-5, atol=1e-5)

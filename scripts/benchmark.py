@@ -8,7 +8,8 @@ CUDA: max_memory_allocated).
 
     python scripts/benchmark.py                      # all cases, CPU shapes; results in benchmarks/
     python scripts/benchmark.py --cases 3 4 --repeats 3
-    python scripts/benchmark.py --device cuda        # the same cases at BERT-base / paper-base shapes
+    python scripts/benchmark.py --device cuda        # the same cases at BERT-base / paper-base shapes, and
+                                                     # 6: bf16 MLM training FLOPs utilisation of the card
 """
 
 import ctypes
@@ -34,13 +35,16 @@ SHARED = ROOT.parent / "shared" / "data"
 
 @dataclass
 class BenchmarkArguments:
-    cases: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5], metadata={"help": "which cases to run"})
+    cases: list[int] | None = field(default=None, metadata={
+        "help": "which cases to run; default 1-5, and 6 (bf16 FLOPs utilisation) on a GPU"})
     device: str = field(default="cpu", metadata={"help": "cpu or cuda"})
     repeats: int = field(default=5, metadata={"help": "timed repeats of each model (interleaved)"})
     warmup: int = field(default=2, metadata={"help": "untimed runs of each model first"})
     output_dir: str = field(default="benchmarks", metadata={"help": "where results.md / results.json / PNGs go"})
     data_dir: str = field(default=str(SHARED), metadata={"help": "the reference corpora (sst2, multi30k)"})
     scaling_plot: bool = field(default=True, metadata={"help": "also time the encoder over lengths and batch sizes"})
+    peak_tflops: float | None = field(default=None, metadata={
+        "help": "the card's dense bf16 peak for case 6's FLOPs utilisation; default: looked up by the GPU's name"})
     seed: int = 0
 
 
@@ -57,6 +61,13 @@ class Result:
     peer_peak_mb: float | None = None
     peer_name: str = ""
     note: str = ""
+    # case 6: model FLOPs of one step (counted by torch's FlopCounterMode), achieved TFLOP/s, share of the card's peak
+    ours_step_tflop: float | None = None
+    peer_step_tflop: float | None = None
+    ours_tflops: float | None = None
+    peer_tflops: float | None = None
+    ours_mfu: float | None = None
+    peer_mfu: float | None = None
 
 
 # ----------------------------------------------------------------------------------------------- measurement
@@ -179,13 +190,19 @@ def compare(case: str, metric: str, work: float, ours: Callable, peer: Callable,
         result.ours_peak_mb = peak_memory_mb(ours, args.device)
         result.peer_peak_mb = peak_memory_mb(peer, args.device)
     print(f"  {case}: ours {result.ours:,.1f} vs {peer_name} {result.peer:,.1f} {metric} -> ratio "
-          f"{result.ratio:.2f}x ({result.ratio_min:.2f}-{result.ratio_max:.2f}); peak MB ours "
-          f"{_mb(result.ours_peak_mb)} peer {_mb(result.peer_peak_mb)}", flush=True)
+          f"{result.ratio:.2f}x ({result.ratio_min:.2f}-{result.ratio_max:.2f}); peak MB ours / peer "
+          f"{_mb_pair(result.ours_peak_mb, result.peer_peak_mb)}", flush=True)
     return result
 
 
-def _mb(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:,.0f}"
+def _mb(value: float | None, digits: int = 0) -> str:
+    return "n/a" if value is None else f"{value:,.{digits}f}"
+
+
+def _mb_pair(ours: float | None, peer: float | None) -> str:
+    """Whole MB, or two decimals where the two are within 1 MB (which one is lower still shows)."""
+    close = ours is not None and peer is not None and abs(ours - peer) < 1
+    return f"{_mb(ours, 2 if close else 0)} / {_mb(peer, 2 if close else 0)}"
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -266,6 +283,30 @@ def mlm_batch(tokenizer_vocab: int, batch: int, length: int, device: str, genera
     input_ids[chosen] = 103  # [MASK]
     return {"input_ids": input_ids.to(device), "attention_mask": torch.ones_like(input_ids).to(device),
             "labels": labels.to(device)}
+
+
+# Dense (no sparsity) bf16 tensor-core peaks, TFLOP/s, from the vendors' data sheets; first match on the name wins.
+BF16_PEAK_TFLOPS = (("H200", 989.4), ("H100 PCIe", 756.4), ("H100 NVL", 835.5), ("H100", 989.4), ("A100", 312.0))
+
+
+def bf16_peak_tflops(args) -> float | None:
+    if args.peak_tflops:
+        return args.peak_tflops
+    if args.device != "cuda":
+        return None
+    name = torch.cuda.get_device_name()
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in name), None)
+
+
+def step_flops(step: Callable[[], object]) -> float:
+    """Floating-point operations of one call (matrix products and attention, forward and backward), counted by
+    torch's FlopCounterMode: what the model does, including any work it saves (sparse prediction, no padding)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter:
+        step()
+    return float(counter.get_total_flops())
 
 
 # ----------------------------------------------------------------------------------------------- cases
@@ -504,7 +545,50 @@ def scaling_plot(args, out: Path) -> Path:
     return path
 
 
-CASES = {1: case_mlm_training, 2: case_encoder_inference, 3: case_seq2seq_training, 4: case_generation, 5: case_gqa}
+def case_mfu(args) -> list[Result]:
+    """6. MLM training step in bf16 autocast (BERT-base shape on a GPU): model-FLOPs utilisation."""
+    cuda = args.device == "cuda"
+    shape = dict(hidden=768, layers=12, heads=12, intermediate=3072) if cuda else dict(hidden=256, layers=4, heads=4, intermediate=1024)
+    batch_size, length = (256, 128) if cuda else (32, 128)  # BERT's phase-1 batch: 256 sequences of 128 tokens
+    ours, peer = bert_pair(args.device, **shape, sparse_prediction=True)
+    batch = mlm_batch(30522, batch_size, length, args.device, torch.Generator().manual_seed(args.seed))
+    ours.train(), peer.train()
+
+    def bf16_step(model):
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+
+        def step():
+            with torch.autocast(args.device, dtype=torch.bfloat16):
+                loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss
+
+        return step
+
+    ours_step, peer_step = bf16_step(ours), bf16_step(peer)
+    flops = step_flops(ours_step), step_flops(peer_step)
+    name = "L{layers}-H{hidden}-A{heads}".format(**shape)
+    result = compare(f"6. MLM training step bf16 {name}, seq {length}, batch {batch_size}", "tokens/s",
+                     batch_size * length, ours_step, peer_step, args, "BertForMaskedLM",
+                     note="ours: sparse prediction")
+    peak = bf16_peak_tflops(args)
+    for side, count, throughput in (("ours", flops[0], result.ours), ("peer", flops[1], result.peer)):
+        tflops = count * throughput / (batch_size * length) / 1e12  # FLOPs per step x steps per second
+        setattr(result, f"{side}_step_tflop", count / 1e12)
+        setattr(result, f"{side}_tflops", tflops)
+        setattr(result, f"{side}_mfu", tflops / peak if peak else None)
+    utilisation = (f"; MFU ours {result.ours_mfu:.1%}, peer {result.peer_mfu:.1%} of {peak:,.0f} TFLOP/s"
+                   if peak else "; no bf16 peak known for this device (--peak_tflops)")
+    result.note += (f"; FLOPs/step ours {result.ours_step_tflop:.3f} T, peer {result.peer_step_tflop:.3f} T; "
+                    f"achieved ours {result.ours_tflops:.2f}, peer {result.peer_tflops:.2f} TFLOP/s{utilisation}")
+    print(f"    {result.note}", flush=True)
+    return [result]
+
+
+CASES = {1: case_mlm_training, 2: case_encoder_inference, 3: case_seq2seq_training, 4: case_generation, 5: case_gqa,
+         6: case_mfu}
 
 
 # ----------------------------------------------------------------------------------------------- reporting
@@ -528,7 +612,7 @@ def write_report(results: list[Result], args, out: Path) -> None:
              "|---|---|---:|---:|---:|---:|---|"]
     for r in results:
         lines.append(f"| {r.case} | {r.metric} | {r.ours:,.1f} | {r.peer:,.1f} ({r.peer_name}) | **{r.ratio:.2f}x** "
-                     f"({r.ratio_min:.2f}-{r.ratio_max:.2f}) | {_mb(r.ours_peak_mb)} / {_mb(r.peer_peak_mb)} | {r.note} |")
+                     f"({r.ratio_min:.2f}-{r.ratio_max:.2f}) | {_mb_pair(r.ours_peak_mb, r.peer_peak_mb)} | {r.note} |")
     (out / f"results{suffix}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
@@ -538,6 +622,8 @@ def main(args: BenchmarkArguments) -> None:
     sys.path.insert(0, str(Path(__file__).parent))
     print(f"machine: {machine()}")
     results = []
+    if args.cases is None:
+        args.cases = [1, 2, 3, 4, 5] + ([6] if args.device == "cuda" else [])
     for case in args.cases:
         print(f"case {case}: {CASES[case].__doc__.splitlines()[0]}", flush=True)
         results += CASES[case](args)

@@ -13,6 +13,7 @@ from vanilla_transformer.modeling import (
 )
 from vanilla_transformer.modeling.layers import (
     Dropout,
+    FeedForward,
     MultiHeadAttention,
     Unpadder,
     apply_dropout,
@@ -342,3 +343,36 @@ def test_beam_search_skips_only_a_no_op_reorder_of_the_cross_attention_cache():
     assert any(moved)  # beams did change places: the check above saw real reorders
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_feed_forward_in_blocks_of_rows_equals_one_piece(dtype):
+    """Without autograd on CPU the FFN runs over blocks of rows (here 3 rows, which do not divide 2 x 7 = 14)."""
+    torch.manual_seed(0)
+    ffn = FeedForward(32, 64, "gelu", 0.0).to(dtype).eval()
+    x = torch.randn(2, 7, 32, dtype=dtype)
+    whole = ffn(x)  # autograd on: one piece
+    ffn.block_elements = 3 * 64
+    calls = []
+    ffn.fc1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    with torch.no_grad():
+        blocks = ffn(x)
+        flat = ffn(x.flatten(0, 1))  # (N, D) rows, as with skip_padding
+    assert calls == [3, 3, 3, 3, 2] * 2  # it did run in blocks
+    assert blocks.shape == x.shape and blocks.dtype == dtype
+    torch.testing.assert_close(blocks, whole.detach(), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(flat, whole.detach().flatten(0, 1), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("normalize_before", [False, True])
+def test_encoder_inference_with_blocked_feed_forward_equals_training_mode_path(normalize_before):
+    """Inference: FFN in blocks of rows, residual sums added in place into the sublayers' outputs."""
+    config = tiny_bert_config(normalize_before=normalize_before)
+    model = VanillaBertForMaskedLM(config).eval()
+    for layer in model.bert.encoder.layers:
+        layer.ffn.block_elements = 5 * config.intermediate_size  # blocks of 5 rows
+    input_ids, mask = padded_batch(config.vocab_size, [8, 5, 7])
+    expected = model(input_ids=input_ids, attention_mask=mask).logits  # autograd on: one piece
+    with torch.inference_mode():
+        actual = model(input_ids=input_ids, attention_mask=mask).logits
+    torch.testing.assert_close(actual, expected.detach(), rtol=1e-5, atol=1e-5)

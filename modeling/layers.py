@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import EncoderDecoderCache
+from transformers.cache_utils import Cache, DynamicLayer, EncoderDecoderCache
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
@@ -27,6 +27,24 @@ def repeat_kv(states: torch.Tensor, groups: int) -> torch.Tensor:
     if groups == 1:
         return states
     return states.repeat_interleave(groups, dim=1)
+
+
+def repeated_rows(states: torch.Tensor, mask: torch.Tensor | None = None) -> int:
+    """The largest g such that `states` (B, ...), and `mask` (B, ...) with it, are B / g runs of g equal
+    consecutive rows; 1 if there is none. Beam search repeats each sentence's encoder output once per beam."""
+    batch = states.shape[0]
+    run = 1  # rows equal to the first one, in a row: the size of the groups is a divisor of it
+    while run < batch and torch.equal(states[run], states[0]):
+        run += 1
+    for size in range(run, 1, -1):
+        if run % size or batch % size:
+            continue
+        if all(
+            torch.equal(grouped, grouped[:, :1].expand_as(grouped))
+            for grouped in (x.unflatten(0, (-1, size)) for x in (states, mask) if x is not None)
+        ):
+            return size
+    return 1
 
 
 class _KeepAndScale(torch.autograd.Function):
@@ -253,14 +271,22 @@ class MultiHeadAttention(nn.Module):
         batch, length, _ = query.shape
         query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
 
+        shared = 1  # cross-attention while decoding: how many consecutive rows of the batch read one cached row
         if is_cross_attention and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
             # The encoder output does not change while decoding: its keys and values were projected at step one.
             cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
-            key, value = cached.keys, cached.values  # (B, K, S, Dh)
+            key, value = cached.keys, cached.values  # (B / shared, K, S, Dh)
+            shared = batch // key.shape[0]
         else:
             if is_cross_attention:  # the encoder output, (B, S, D)
+                if past_key_values is not None and self._can_share_rows(past_key_values.cross_attention_cache, attention_mask):
+                    # Beam search: each sentence's encoder output comes once per beam. Its keys and values are
+                    # projected and cached once, and read by all its beams: 1 / num_beams of the cache and of the
+                    # keys/values the attention reads at every step, the same results.
+                    shared = repeated_rows(key_value_states, attention_mask)
+                    key_value_states = key_value_states[::shared]  # (B / shared, S, D)
                 key, value = self.k_proj(key_value_states), self.v_proj(key_value_states)
-            kv_shape = (batch, key.shape[1], -1, self.head_dim)
+            kv_shape = (key.shape[0], key.shape[1], -1, self.head_dim)
             key = key.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             value = value.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             if past_key_values is not None and is_cross_attention:
@@ -278,6 +304,12 @@ class MultiHeadAttention(nn.Module):
             attend = eager_attention_forward
         else:
             attend = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if shared > 1:  # the queries of the rows that share a cached row, as one longer query (no causal mask here)
+            query = query.unflatten(0, (-1, shared)).transpose(1, 2).flatten(2, 3)  # (B / shared, H, shared * T, Dh)
+            if attention_mask is not None:  # equal on the rows that share; (B / shared, 1, T or shared * T, S)
+                attention_mask = attention_mask[::shared]
+                if attention_mask.shape[2] > 1:
+                    attention_mask = attention_mask.repeat(1, 1, shared, 1)
         output, weights = attend(
             self,
             query,
@@ -289,12 +321,29 @@ class MultiHeadAttention(nn.Module):
             is_causal=is_causal,
         )
         del query, key, value  # not needed past the kernel: free them before the output projection runs
-        output = output.reshape(batch, length, -1)  # (B, T, H * Dh): the heads concatenated
+        # (B, T, H * Dh): the heads concatenated. With shared rows the kernel's (B / shared, shared * T, H, Dh) holds
+        # the rows in batch order already.
+        output = output.reshape(batch, length, -1)
+        if weights is not None and shared > 1:
+            weights = weights.unflatten(2, (shared, length)).transpose(1, 2).flatten(0, 1)  # (B, H, T, S)
         if unpadder is not None:
             output = unpadder.unpad(output)  # (N, H * Dh)
         if output_index is not None:
             output = output.flatten(0, -2).index_select(0, output_index)  # (M, H * Dh)
         return self.o_proj(output), weights
+
+
+    def _can_share_rows(self, cross_cache: Cache, attention_mask) -> bool:
+        """Cross-attention keys/values may be cached once for rows that share them when the cache is the default
+        growing one (a static cache has its batch size fixed) and the kernel takes a (B, 1, T, S) mask or none."""
+        layers = cross_cache.layers
+        layer_class = (type(layers[self.layer_idx]) if self.layer_idx < len(layers)
+                       else getattr(cross_cache, "layer_class_to_replicate", None))
+        return (
+            layer_class is DynamicLayer
+            and self.config._attn_implementation in ("eager", "sdpa")
+            and (attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4))
+        )
 
 
 class FeedForward(nn.Module):

@@ -19,6 +19,7 @@ from vanilla_transformer.modeling.layers import (
     apply_dropout,
     eager_attention_forward,
     linear_cross_entropy,
+    repeated_rows,
 )
 
 
@@ -311,38 +312,56 @@ def test_stacked_qkv_projection_in_inference_equals_three_projections(kv_heads):
     assert attention.q_proj.weight.grad is not None
 
 
-def test_beam_search_skips_only_a_no_op_reorder_of_the_cross_attention_cache():
-    """Beam search reorders the self-attention cache only: the cross-attention keys/values it leaves in place must
-    equal what the default reorder (rows picked by beam_idx) would give, at every step where beams moved."""
+@pytest.mark.parametrize("duplicate_sentence", [False, True])
+def test_beam_search_caches_cross_attention_once_per_sentence(duplicate_sentence):
+    """Beam search: the cross-attention keys/values are cached once per sentence (beams share them) and are not
+    reordered; the self-attention cache is. Same sequences, scores and attention weights as without a cache."""
     torch.manual_seed(0)
     config = tiny_transformer_config(pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
     model = VanillaTransformerForConditionalGeneration(config).eval()
     source, source_mask = padded_batch(config.vocab_size, [7, 3, 5])
-    moved, reorder = [], model._reorder_cache
+    if duplicate_sentence:  # rows 0-5 equal, 6-8 another: groups of 3 (6 does not divide the 9 rows)
+        source[1], source_mask[1] = source[0], source_mask[0]
+    beams, moved, reorder = 3, [], model._reorder_cache
 
     def checked_reorder(past_key_values, beam_idx):
-        cross = past_key_values.cross_attention_cache
-        before = [(layer.keys.clone(), layer.values.clone()) for layer in cross.layers]
-        self_before = [layer.keys.index_select(0, beam_idx) for layer in past_key_values.self_attention_cache.layers]
+        cross = [(layer.keys, layer.values) for layer in past_key_values.cross_attention_cache.layers]
+        expected = [layer.keys.index_select(0, beam_idx) for layer in past_key_values.self_attention_cache.layers]
         out = reorder(past_key_values, beam_idx)
-        for (keys, values), layer in zip(before, out.cross_attention_cache.layers):
-            assert torch.equal(layer.keys, keys) and torch.equal(layer.values, values)  # left in place
-            assert torch.equal(keys.index_select(0, beam_idx), keys)  # which is what reordering would give
-            assert torch.equal(values.index_select(0, beam_idx), values)
-        for expected, layer in zip(self_before, out.self_attention_cache.layers):
-            assert torch.equal(layer.keys, expected)  # the self-attention cache is reordered
+        for (keys, values), layer in zip(cross, out.cross_attention_cache.layers):
+            assert layer.keys is keys and layer.values is values  # left as they are
+            assert keys.shape[0] == len(source)  # one row per sentence, not per beam
+        for keys, layer in zip(expected, out.self_attention_cache.layers):
+            assert torch.equal(layer.keys, keys)  # one row per beam, reordered
         moved.append(bool((beam_idx != torch.arange(len(beam_idx))).any()))
         return out
 
     model._reorder_cache = checked_reorder
-    options = dict(max_new_tokens=8, num_beams=3, num_return_sequences=2, no_repeat_ngram_size=2,
-                   return_dict_in_generate=True, output_scores=True)
+    options = dict(max_new_tokens=8, num_beams=beams, num_return_sequences=2, no_repeat_ngram_size=2,
+                   return_dict_in_generate=True, output_scores=True, output_attentions=True)
     with torch.no_grad():
         cached = model.generate(input_ids=source, attention_mask=source_mask, **options)
         uncached = model.generate(input_ids=source, attention_mask=source_mask, use_cache=False, **options)
-    assert any(moved)  # beams did change places: the check above saw real reorders
+    assert any(moved)  # beams did change places: the checks above saw real reorders
     assert torch.equal(cached.sequences, uncached.sequences)
     torch.testing.assert_close(cached.sequences_scores, uncached.sequences_scores, rtol=1e-5, atol=1e-5)
+    for step_cached, step_uncached in zip(cached.cross_attentions, uncached.cross_attentions):
+        for layer_cached, layer_uncached in zip(step_cached, step_uncached):  # (B * beams, H, 1, S) each step
+            assert layer_cached.shape == (len(source) * beams, 4, 1, source.shape[1])
+            torch.testing.assert_close(layer_cached, layer_uncached[:, :, -1:], rtol=1e-5, atol=1e-5)
+
+
+def test_repeated_rows_finds_the_runs_of_equal_rows():
+    a, b, c = torch.randn(3, 4, 5)
+    assert repeated_rows(torch.stack([a, a, b, b, c, c])) == 2
+    assert repeated_rows(torch.stack([a, a, a, a, b, b, b, b])) == 4  # the largest
+    assert repeated_rows(torch.stack([a, a, a, a, b, b, c, c])) == 2  # 4 would mix b and c
+    assert repeated_rows(torch.stack([a, a, b, c])) == 1
+    assert repeated_rows(torch.stack([a, a, a])) == 3
+    assert repeated_rows(a[None]) == 1
+    mask = torch.tensor([[1, 1], [1, 1], [1, 0], [1, 1]])
+    assert repeated_rows(torch.stack([a, a, b, b]), mask) == 1  # the mask must repeat too
+    assert repeated_rows(torch.stack([a, a, b, b]), mask[[0, 1, 2, 2]]) == 2
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

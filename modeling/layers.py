@@ -47,6 +47,30 @@ def repeated_rows(states: torch.Tensor, mask: torch.Tensor | None = None) -> int
     return 1
 
 
+class SharedRowsLayer(DynamicLayer):
+    """A cross-attention cache layer that holds one row of keys/values for each run of `shared` consecutive batch
+    rows that have the same ones (beam search: a sentence's beams), batch row i reading stored row i // shared.
+    Selecting or reordering batch rows keeps it exact: a reorder within the runs changes nothing (beam search
+    only moves beams within a sentence); any other selection gets one stored row per batch row."""
+
+    def __init__(self, shared: int):
+        super().__init__()
+        self.shared = shared
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        if self.get_seq_length() == 0:
+            return
+        runs = beam_idx.to(self.keys.device) // self.shared
+        if not torch.equal(runs, torch.arange(len(runs), device=runs.device) // self.shared):
+            self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() == 0:
+            return
+        rows = torch.arange(self.keys.shape[0] * self.shared, device=self.keys.device)[indices] // self.shared
+        self.keys, self.values, self.shared = self.keys[rows], self.values[rows], 1
+
+
 class _KeepAndScale(torch.autograd.Function):
     """x * keep / (1 - p), saving the boolean mask for the backward pass, as torch's own dropout does."""
 
@@ -290,6 +314,11 @@ class MultiHeadAttention(nn.Module):
             key = key.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             value = value.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             if past_key_values is not None and is_cross_attention:
+                if shared > 1:  # a layer that knows which batch rows read which stored row
+                    layers = past_key_values.cross_attention_cache.layers
+                    while len(layers) <= self.layer_idx:
+                        layers.append(DynamicLayer())
+                    layers[self.layer_idx] = SharedRowsLayer(shared)
                 key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
                 past_key_values.is_updated[self.layer_idx] = True
             elif past_key_values is not None:

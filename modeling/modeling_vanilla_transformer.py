@@ -377,8 +377,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
         `generate` lays a sentence's beams out as consecutive rows of one encoder output (repeated), and a beam is
         only ever replaced by a beam of the same sentence. The cross-attention keys/values are a function of the
-        encoder output alone, equal on every row of a sentence: reordering them (what the default does) copies
-        equal rows onto each other, the whole cross-attention cache once per step. It is left as it is.
+        encoder output alone, equal on every row of a sentence (cached once per sentence, `layers.SharedRowsLayer`,
+        with the sdpa and eager kernels): reordering them, what the default does, would copy equal rows onto each
+        other. They are left as they are.
         """
         if past_key_values is not None:  # None: generating without a cache
             past_key_values.self_attention_cache.reorder_cache(beam_idx)

@@ -351,6 +351,32 @@ def test_beam_search_caches_cross_attention_once_per_sentence(duplicate_sentence
             torch.testing.assert_close(layer_cached, layer_uncached[:, :, -1:], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("beam_idx", [[1, 0, 3, 2], [2, 3, 0, 1], [3, 3, 0, 2]])
+def test_shared_cross_attention_cache_stays_exact_under_any_reorder(beam_idx):
+    """Anyone may reorder the cache through the usual API (EncoderDecoderCache.reorder_cache): within a sentence's
+    beams the shared rows stay shared, across sentences they become one row per beam; decoding goes on exactly."""
+    torch.manual_seed(0)
+    config = tiny_transformer_config(pad_token_id=0, eos_token_id=2, decoder_start_token_id=0)
+    model = VanillaTransformerForConditionalGeneration(config).eval()
+    sentences, mask = padded_batch(config.vocab_size, [6, 4])
+    source, source_mask = sentences.repeat_interleave(2, 0), mask.repeat_interleave(2, 0)  # rows a, a, b, b
+    first = torch.zeros(4, 1, dtype=torch.long)
+    second = torch.randint(3, config.vocab_size, (4, 1))
+    with torch.no_grad():
+        step = model(input_ids=source, attention_mask=source_mask, decoder_input_ids=first, use_cache=True)
+        cache = step.past_key_values
+        assert cache.cross_attention_cache.layers[0].keys.shape[0] == 2  # one row per sentence
+        order = torch.tensor(beam_idx)
+        cache.reorder_cache(order)
+        within = bool(torch.equal(order // 2, torch.arange(4) // 2))
+        assert cache.cross_attention_cache.layers[0].keys.shape[0] == (2 if within else 4)
+        cached = model(encoder_outputs=(step.encoder_last_hidden_state[order],), attention_mask=source_mask[order],
+                       decoder_input_ids=second, past_key_values=cache).logits[:, -1]
+        full = model(input_ids=source[order], attention_mask=source_mask[order],
+                     decoder_input_ids=torch.cat([first, second], 1), use_cache=False).logits[:, -1]
+    torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)
+
+
 def test_repeated_rows_finds_the_runs_of_equal_rows():
     a, b, c = torch.randn(3, 4, 5)
     assert repeated_rows(torch.stack([a, a, b, b, c, c])) == 2

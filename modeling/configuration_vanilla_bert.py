@@ -24,7 +24,8 @@ class VanillaBertConfig(PreTrainedConfig):
         num_hidden_layers: number of encoder layers.
         num_attention_heads: attention heads per layer.
         num_key_value_heads: key/value heads shared by groups of query heads; `None` (default) means one per query
-            head (multi-head attention, as BERT), 1 gives multi-query attention, in between grouped-query.
+            head (multi-head attention, as BERT; the config then holds num_attention_heads), 1 gives multi-query
+            attention, in between grouped-query.
         intermediate_size: inner size of the feed-forward network (d_ff).
         hidden_act: non-linearity of the feed-forward network and of the MLM head transform (`"gelu"` as BERT, or
             any name in `transformers.activations.ACT2FN`).
@@ -79,8 +80,9 @@ class VanillaBertConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
 
     def __post_init__(self, **kwargs):
-        kv_heads = self.num_attention_heads if self.num_key_value_heads is None else self.num_key_value_heads
-        check_attention_shape(self.hidden_size, self.num_attention_heads, kv_heads, "attention")
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads  # multi-head: one key/value head per query head
+        check_attention_shape(self.hidden_size, self.num_attention_heads, self.num_key_value_heads, "attention")
         check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         check_choice("hidden_act", self.hidden_act, sorted(ACT2FN))
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):

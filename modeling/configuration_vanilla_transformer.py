@@ -48,8 +48,9 @@ class VanillaTransformerConfig(PreTrainedConfig):
         encoder_layers / decoder_layers: number of layers in each stack (the paper's N).
         encoder_attention_heads / decoder_attention_heads: attention heads (the paper's h).
         num_key_value_heads: key/value heads shared by groups of query heads; `None` (default) means one per
-            query head (multi-head attention, as in the paper), 1 gives multi-query attention, anything in
-            between grouped-query attention. Applies to every attention of both stacks.
+            query head (multi-head attention, as in the paper) and is set to the head count when both stacks have
+            the same (caches are sized from it), 1 gives multi-query attention, anything in between grouped-query
+            attention. Applies to every attention of both stacks.
         encoder_ffn_dim / decoder_ffn_dim: inner size of the position-wise feed-forward network (the paper's d_ff).
         activation_function: feed-forward non-linearity (`"relu"` as in the paper, or any name in
             `transformers.activations.ACT2FN`).
@@ -112,6 +113,8 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 1
 
     def __post_init__(self, **kwargs):
+        if self.num_key_value_heads is None and self.encoder_attention_heads == self.decoder_attention_heads:
+            self.num_key_value_heads = self.decoder_attention_heads  # multi-head: one key/value head per query head
         for side in ("encoder", "decoder"):
             heads = getattr(self, f"{side}_attention_heads")
             kv_heads = heads if self.num_key_value_heads is None else self.num_key_value_heads

@@ -73,23 +73,43 @@ def enable_pipelines(model: PreTrainedModel) -> None:
         }
 
 
-def prepare_for_hub(model: PreTrainedModel) -> None:
-    """Write auto_map and custom_pipelines into the model's config and mark the classes for code export."""
-    own_auto_class = _own_auto_class(model)
-    model.config.auto_map = {auto: _reference(cls) for auto, cls in hub_classes(model.config.model_type).items()}
+def prepare_for_hub(model: PreTrainedModel) -> bool:
+    """Write auto_map and custom_pipelines into the model's config and mark the classes for code export. False
+    (and nothing changed) for a class that is not one of ours, a user's subclass say: it saves as transformers does."""
+    classes = hub_classes(model.config.model_type)
+    own_auto_class = next((auto for auto, cls in classes.items() if cls is type(model)), None)
+    if own_auto_class is None:
+        return False
+    model.config.auto_map = {auto: _reference(cls) for auto, cls in classes.items()}
     enable_pipelines(model)
     # save_pretrained copies the module of a class registered for an Auto class, and the modules it imports.
     type(model.config).register_for_auto_class("AutoConfig")
     type(model).register_for_auto_class(own_auto_class)
+    return True
+
+
+class HubReadySaving:
+    """Mixed into both families' PreTrainedModel: every standard saving path, `save_pretrained`, `push_to_hub`,
+    `Trainer.save_model` and `Trainer(push_to_hub=True)` (they all call `save_pretrained`), writes a folder that
+    loads with trust_remote_code=True without this package: the code files, `auto_map` for every Auto class the
+    family serves and the pipelines it declares (`custom_pipelines`, their module beside the model files)."""
+
+    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
+        if prepare_for_hub(self) and is_main_process:
+            # Before transformers' save: with push_to_hub=True it uploads the folder as soon as it has written it.
+            Path(save_directory).mkdir(parents=True, exist_ok=True)
+            for pipeline_class in hub_pipelines(self.config.model_type).values():
+                shutil.copy(inspect.getfile(pipeline_class), save_directory)  # custom_pipelines' "impl" lives here
+        return super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
 
 
 def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None) -> Path:
-    """Save `model` (and `tokenizer`) as a folder that loads with trust_remote_code=True without this package."""
+    """Save `model` (and `tokenizer`) as a folder that loads with trust_remote_code=True without this package:
+    `model.save_pretrained(folder)` (Hub-ready by itself, `HubReadySaving`) and the tokenizer beside it."""
     folder = Path(folder)
-    prepare_for_hub(model)
+    if not prepare_for_hub(model):
+        raise ValueError(f"{type(model).__name__} is not one of this package's model classes; no Hub export for it")
     model.save_pretrained(folder)
-    for pipeline_class in hub_pipelines(model.config.model_type).values():
-        shutil.copy(inspect.getfile(pipeline_class), folder)  # custom_pipelines' "impl" lives here
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder

@@ -189,6 +189,18 @@ def linear_cross_entropy(hidden, weight, bias, labels, chunk: int | None = None)
     return ChunkedLinearCrossEntropy.apply(hidden, weight, bias, labels, chunk)
 
 
+def output_options(
+    config, output_attentions=None, output_hidden_states=None, return_dict=None
+) -> tuple[bool, bool, bool]:
+    """A forward's output switches: what the call says, else what the config says (`config.output_attentions`,
+    `config.output_hidden_states`, `config.return_dict`), as every transformers model reads them."""
+    return (
+        bool(config.output_attentions if output_attentions is None else output_attentions),
+        bool(config.output_hidden_states if output_hidden_states is None else output_hidden_states),
+        bool(config.return_dict if return_dict is None else return_dict),
+    )
+
+
 def mask_config(config, output_attentions: bool):
     """The config to build masks with: returning attention weights runs the eager kernel, which needs eager masks."""
     if output_attentions and config._attn_implementation != "eager":
@@ -236,8 +248,8 @@ class MultiHeadAttention(nn.Module):
     """Multi-head attention (section 3.2.2), one module for the three roles; the call site picks the role:
 
         encoder self-attention:          attn(x, attention_mask=padding_mask)
-        masked decoder self-attention:   attn(y, attention_mask=causal_mask, is_causal=True, past_key_values=cache)
-        encoder-decoder cross-attention: attn(y, key_value_states=memory, attention_mask=memory_mask, past_key_values=cache)
+        masked decoder self-attention:   attn(y, attention_mask=causal_mask, is_causal=True, cache=cache)
+        encoder-decoder cross-attention: attn(y, key_value_states=memory, attention_mask=memory_mask, cache=cache)
 
     `config` is read for one thing only, `config._attn_implementation` (eager / sdpa / flex / flash), which
     `model.set_attn_implementation` may change after construction.
@@ -278,7 +290,7 @@ class MultiHeadAttention(nn.Module):
         key_value_states: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         unpadder: Unpadder | None = None,
         output_index: torch.Tensor | None = None,
@@ -296,14 +308,14 @@ class MultiHeadAttention(nn.Module):
         query = query.view(batch, length, -1, self.head_dim).transpose(1, 2)  # (B, H, T, Dh)
 
         shared = 1  # cross-attention while decoding: how many consecutive rows of the batch read one cached row
-        if is_cross_attention and past_key_values is not None and past_key_values.is_updated.get(self.layer_idx):
+        if is_cross_attention and cache is not None and cache.is_updated.get(self.layer_idx):
             # The encoder output does not change while decoding: its keys and values were projected at step one.
-            cached = past_key_values.cross_attention_cache.layers[self.layer_idx]
+            cached = cache.cross_attention_cache.layers[self.layer_idx]
             key, value = cached.keys, cached.values  # (B / shared, K, S, Dh)
             shared = batch // key.shape[0]
         else:
             if is_cross_attention:  # the encoder output, (B, S, D)
-                if past_key_values is not None and self._can_share_rows(past_key_values.cross_attention_cache, attention_mask):
+                if cache is not None and self._can_share_rows(cache.cross_attention_cache, attention_mask):
                     # Beam search: each sentence's encoder output comes once per beam. Its keys and values are
                     # projected and cached once, and read by all its beams: 1 / num_beams of the cache and of the
                     # keys/values the attention reads at every step, the same results.
@@ -313,17 +325,17 @@ class MultiHeadAttention(nn.Module):
             kv_shape = (key.shape[0], key.shape[1], -1, self.head_dim)
             key = key.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
             value = value.view(kv_shape).transpose(1, 2)  # (B, K, S, Dh)
-            if past_key_values is not None and is_cross_attention:
+            if cache is not None and is_cross_attention:
                 if shared > 1:  # a layer that knows which batch rows read which stored row
-                    layers = past_key_values.cross_attention_cache.layers
+                    layers = cache.cross_attention_cache.layers
                     while len(layers) <= self.layer_idx:
                         layers.append(DynamicLayer())
                     layers[self.layer_idx] = SharedRowsLayer(shared)
-                key, value = past_key_values.cross_attention_cache.update(key, value, self.layer_idx)
-                past_key_values.is_updated[self.layer_idx] = True
-            elif past_key_values is not None:
+                key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)
+                cache.is_updated[self.layer_idx] = True
+            elif cache is not None:
                 # Self-attention while decoding: append this step's keys/values, attend over all of them.
-                key, value = past_key_values.self_attention_cache.update(key, value, self.layer_idx)
+                key, value = cache.self_attention_cache.update(key, value, self.layer_idx)
 
         if output_attentions:
             attend = eager_attention_forward  # the one kernel that returns the weights
@@ -405,14 +417,33 @@ class FeedForward(nn.Module):
         return out.view(*hidden_states.shape[:-1], out.shape[-1])
 
 
-def sinusoidal_table(num_positions: int, dim: int) -> torch.Tensor:
-    """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d))."""
+class ScaledEmbedding(nn.Embedding):
+    """Token embeddings multiplied by `scale` (sqrt(d_model) in the Transformer, section 3.4), in the module itself,
+    so that `model.get_input_embeddings()(ids)` is exactly what the model adds positions to: `inputs_embeds` built
+    that way (prompt tuning, adapters) give the same outputs as `input_ids`. The weight is a plain embedding table
+    (same checkpoint key and values as `nn.Embedding`)."""
+
+    def __init__(self, num_embeddings: int, embedding_dim: int, padding_idx: int | None = None, scale: float = 1.0):
+        super().__init__(num_embeddings, embedding_dim, padding_idx=padding_idx)
+        self.scale = scale
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids) * self.scale
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, scale={self.scale:g}"
+
+
+def sinusoidal_table(num_positions: int, dim: int, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Section 3.5: PE(pos, 2i) = sin(pos / 10000^(2i/d)), PE(pos, 2i+1) = cos(pos / 10000^(2i/d)).
+    Computed in float64, returned in `dtype` (default: torch's default dtype, which `from_pretrained(dtype=...)`
+    sets while it builds the model)."""
     position = torch.arange(num_positions, dtype=torch.float64).unsqueeze(1)  # (P, 1)
     inv_timescale = 10000.0 ** (-torch.arange(0, dim, 2, dtype=torch.float64) / dim)  # (D/2,)
     table = torch.zeros(num_positions, dim, dtype=torch.float64)
     table[:, 0::2] = torch.sin(position * inv_timescale)  # even dimensions
     table[:, 1::2] = torch.cos(position * inv_timescale)  # odd dimensions
-    return table.float()
+    return table.to(dtype or torch.get_default_dtype())
 
 
 class PositionEmbedding(nn.Module):
@@ -430,7 +461,9 @@ class PositionEmbedding(nn.Module):
         else:
             self.register_buffer("weight", sinusoidal_table(num_positions, dim), persistent=False)
 
-    def forward(self, length: int, past_length: int | torch.Tensor = 0) -> torch.Tensor:
+    def forward(self, length: int, past_length: int | torch.Tensor = 0, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(T, D) vectors of positions past_length .. past_length + T - 1, in `dtype` (that of the embeddings they
+        are added to: a float32 table must not promote half-precision embeddings)."""
         if isinstance(past_length, int) and past_length + length > self.num_positions:
             raise ValueError(
                 f"sequence of {past_length + length} positions is longer than max_position_embeddings="
@@ -438,14 +471,14 @@ class PositionEmbedding(nn.Module):
                 f"{self.num_positions})) or use a model built with a larger max_position_embeddings"
             )
         positions = torch.arange(length, device=self.weight.device) + past_length
-        return self.weight[positions]  # (T, D)
+        return self.weight[positions].to(dtype or self.weight.dtype)  # (T, D)
 
     @torch.no_grad()
     def reset_parameters(self, std: float) -> None:
         if self.kind == "learned":
             init.normal_(self.weight, mean=0.0, std=std)
         else:
-            init.copy_(self.weight, sinusoidal_table(*self.weight.shape))
+            init.copy_(self.weight, sinusoidal_table(*self.weight.shape, dtype=torch.float64))
 
 
 def check_token_ids(input_ids: torch.Tensor | None, vocab_size: int, name: str = "input_ids") -> None:
@@ -514,7 +547,7 @@ class TransformerLayer(GradientCheckpointingLayer):
         encoder_hidden_states: torch.Tensor | None = None,  # (B, S, D), decoder layers only
         encoder_attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         unpadder: Unpadder | None = None,  # hidden_states are then the (N, D) real tokens
         output_index: torch.Tensor | None = None,  # (M,): only these rows of the output are wanted
@@ -529,7 +562,7 @@ class TransformerLayer(GradientCheckpointingLayer):
             self._sublayer_input(x, self.self_attn_norm),
             attention_mask=attention_mask,
             is_causal=is_causal,
-            past_key_values=past_key_values,
+            cache=cache,
             output_attentions=output_attentions,
             unpadder=unpadder,
             output_index=output_index,
@@ -545,7 +578,7 @@ class TransformerLayer(GradientCheckpointingLayer):
                 self._sublayer_input(x, self.cross_attn_norm),
                 key_value_states=encoder_hidden_states,
                 attention_mask=encoder_attention_mask,
-                past_key_values=past_key_values,
+                cache=cache,
                 output_attentions=output_attentions,
                 unpadder=unpadder,
             )
@@ -583,7 +616,7 @@ class LayerStack(nn.Module):
         encoder_hidden_states: torch.Tensor | None = None,
         encoder_attention_mask: torch.Tensor | None = None,
         is_causal: bool = False,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
         unpadder: Unpadder | None = None,
@@ -616,7 +649,7 @@ class LayerStack(nn.Module):
                 encoder_hidden_states,
                 encoder_attention_mask,
                 is_causal=is_causal,
-                past_key_values=past_key_values,
+                cache=cache,
                 output_attentions=output_attentions,
                 unpadder=unpadder,
                 **({"output_index": output_index} if i == last and output_index is not None else {}),

@@ -23,7 +23,17 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_vanilla_bert import VanillaBertConfig
-from .layers import Dropout, LayerStack, linear_cross_entropy, PositionEmbedding, Unpadder, check_token_ids, mask_config
+from .hub import HubReadySaving
+from .layers import (
+    Dropout,
+    LayerStack,
+    PositionEmbedding,
+    Unpadder,
+    check_token_ids,
+    linear_cross_entropy,
+    mask_config,
+    output_options,
+)
 
 
 def check_segment_ids(token_type_ids: torch.Tensor, type_vocab_size: int) -> None:
@@ -84,7 +94,7 @@ class VanillaBertEmbeddings(nn.Module):
         else:
             check_segment_ids(token_type_ids, self.embed_token_types.num_embeddings)
             segments = self.embed_token_types(token_type_ids)  # (B, T, D)
-        embeddings = inputs_embeds + segments + self.embed_positions(inputs_embeds.shape[1])  # (B, T, D)
+        embeddings = inputs_embeds + segments + self.embed_positions(inputs_embeds.shape[1], dtype=inputs_embeds.dtype)
         return self.dropout(self.norm(embeddings))
 
 
@@ -122,7 +132,7 @@ class MaskedLMHead(nn.Module):
         return linear_cross_entropy(self.transform(hidden_states), self.decoder.weight, self.decoder.bias, labels)
 
 
-class VanillaBertPreTrainedModel(PreTrainedModel):
+class VanillaBertPreTrainedModel(HubReadySaving, PreTrainedModel):
     config_class = VanillaBertConfig
     base_model_prefix = "bert"
     main_input_name = "input_ids"
@@ -198,8 +208,9 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
         (M, D) and there is no `pooler_output`. The MLM head asks for its masked positions this way."""
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds")
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, D)
         # Bidirectional: every token sees every non-padding token. None (sdpa, no padding) = attend everywhere.
         padding_mask = create_bidirectional_mask(
@@ -222,7 +233,7 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
             hidden_states=stack.hidden_states,
             attentions=stack.attentions,
         )
-        return output if return_dict is None or return_dict else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
@@ -256,6 +267,9 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> MaskedLMOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         masked = None
         if labels is not None:
             shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
@@ -297,7 +311,7 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict is None or return_dict else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
@@ -323,6 +337,9 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
     ) -> SequenceClassifierOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -341,7 +358,7 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
         output = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict is None or return_dict else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
         num_labels, problem_type = self.num_labels, self.config.problem_type
@@ -399,6 +416,9 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
         return_dict: bool | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
     ) -> TokenClassifierOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         outputs = self.bert(
             input_ids,
             attention_mask=attention_mask,
@@ -420,7 +440,7 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
-        return output if return_dict is None or return_dict else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 __all__ = [

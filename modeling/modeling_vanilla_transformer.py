@@ -16,8 +16,19 @@ from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
 
+from .compat import cache_argument, cache_field, output_cache
 from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .layers import Dropout, LayerStack, PositionEmbedding, Unpadder, check_token_ids, mask_config
+from .hub import HubReadySaving
+from .layers import (
+    Dropout,
+    LayerStack,
+    PositionEmbedding,
+    ScaledEmbedding,
+    Unpadder,
+    check_token_ids,
+    mask_config,
+    output_options,
+)
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -58,7 +69,7 @@ def layer_args(config: VanillaTransformerConfig, side: str) -> dict:
     )
 
 
-class VanillaTransformerPreTrainedModel(PreTrainedModel):
+class VanillaTransformerPreTrainedModel(HubReadySaving, PreTrainedModel):
     config_class = VanillaTransformerConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
@@ -95,8 +106,12 @@ class TransformerEncoder(LayerStack):
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(**layer_args(config, "encoder"))
         self.config = config
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.d_model, padding_idx=config.pad_token_id)
-        self.embed_scale = math.sqrt(config.d_model) if config.scale_embedding else 1.0  # section 3.4
+        self.embed_tokens = ScaledEmbedding(  # token embeddings times sqrt(d_model) (section 3.4)
+            config.vocab_size,
+            config.d_model,
+            padding_idx=config.pad_token_id,
+            scale=math.sqrt(config.d_model) if config.scale_embedding else 1.0,
+        )
         self.embed_positions = PositionEmbedding(
             config.max_position_embeddings, config.d_model, config.position_embedding_type
         )
@@ -104,18 +119,21 @@ class TransformerEncoder(LayerStack):
 
     def embed(self, input_ids: torch.Tensor, name: str = "input_ids") -> torch.Tensor:
         """Token embeddings times sqrt(d_model); the decoder reads the same table."""
-        check_token_ids(input_ids, self.config.vocab_size, name)
-        return self.embed_tokens(input_ids) * self.embed_scale
+        check_token_ids(input_ids, self.embed_tokens.num_embeddings, name)  # the table's size survives a resize
+        return self.embed_tokens(input_ids)
 
     def forward(
         self,
         input_ids: torch.Tensor | None = None,  # (B, S)
         attention_mask: torch.Tensor | None = None,  # (B, S), 1 = token, 0 = padding
-        inputs_embeds: torch.Tensor | None = None,  # (B, S, D), already scaled
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-        return_dict: bool = True,
+        inputs_embeds: torch.Tensor | None = None,  # (B, S, D), already scaled: get_input_embeddings()(ids)
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
     ) -> BaseModelOutput | tuple:
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
@@ -127,7 +145,7 @@ class TransformerEncoder(LayerStack):
         )
         stack = super().forward(
             # (B, S, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
-            self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1])),
+            self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1], dtype=inputs_embeds.dtype)),
             attention_mask=padding_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
@@ -161,28 +179,28 @@ class TransformerDecoder(LayerStack):
         attention_mask: torch.Tensor | None = None,  # (B, past + T), 1 = token, 0 = padding
         encoder_hidden_states: torch.Tensor | None = None,  # (B, S, D)
         encoder_attention_mask: torch.Tensor | None = None,  # (B, S)
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,
         use_cache: bool = False,
         output_attentions: bool = False,
         output_hidden_states: bool = False,
     ):
-        if use_cache and past_key_values is None:
-            past_key_values = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
-        if past_key_values is not None and not isinstance(past_key_values, EncoderDecoderCache):
+        if use_cache and cache is None:
+            cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
+        if cache is not None and not isinstance(cache, EncoderDecoderCache):
             raise TypeError(
-                f"past_key_values must be an EncoderDecoderCache (self- and cross-attention), got "
-                f"{type(past_key_values).__name__}; let generate() build it, or pass "
+                f"the cache must be an EncoderDecoderCache (self- and cross-attention), got "
+                f"{type(cache).__name__}; let generate() build it, or pass "
                 "EncoderDecoderCache(DynamicCache(), DynamicCache())"
             )
-        past_length = past_key_values.get_seq_length() if past_key_values is not None else 0
+        past_length = cache.get_seq_length() if cache is not None else 0
 
         masks_for = mask_config(self.config, output_attentions)
         # Position t may attend to positions <= t only: the decoder never sees the future (section 3.2.3).
-        causal_mask = create_causal_mask(
-            config=masks_for,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            past_key_values=past_key_values.self_attention_cache if past_key_values is not None else None,
+        causal_mask = create_causal_mask(  # the cache positionally: named `past_key_values` before 5.24, `cache` since
+            masks_for,
+            inputs_embeds,
+            attention_mask,
+            cache.self_attention_cache if cache is not None else None,
         )
         memory_mask = create_bidirectional_mask(
             config=masks_for,
@@ -192,18 +210,18 @@ class TransformerDecoder(LayerStack):
         )
         stack = super().forward(
             # (B, T, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
-            self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1], past_length)),
+            self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1], past_length, inputs_embeds.dtype)),
             attention_mask=causal_mask,
             encoder_hidden_states=encoder_hidden_states,
             encoder_attention_mask=memory_mask,
             is_causal=True,
-            past_key_values=past_key_values,
+            cache=cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             # Teacher forcing: no work on padding. Decoding with a cache: one position per step, nothing to drop.
-            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding and past_key_values is None else None,
+            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding and cache is None else None,
         )
-        return stack, past_key_values
+        return stack, cache
 
 
 class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
@@ -231,17 +249,20 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         decoder_input_ids: torch.Tensor | None = None,  # (B, T)
         decoder_attention_mask: torch.Tensor | None = None,  # (B, T)
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,  # `generate` passes it as `cache` (transformers >= 5.24) ...
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         use_cache: bool | None = None,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
+        past_key_values: EncoderDecoderCache | None = None,  # ... or as `past_key_values` (earlier releases)
     ) -> Seq2SeqModelOutput | tuple:
+        cache = cache_argument(cache, past_key_values)
         use_cache = self.config.use_cache if use_cache is None else use_cache
-        output_attentions = bool(output_attentions)
-        output_hidden_states = bool(output_hidden_states)
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         if encoder_outputs is None:
             encoder_outputs = self.encoder(
                 input_ids=input_ids,
@@ -260,19 +281,19 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             )
         if decoder_inputs_embeds is None:
             decoder_inputs_embeds = self.encoder.embed(decoder_input_ids, "decoder_input_ids")
-        decoder, past_key_values = self.decoder(
+        decoder, cache = self.decoder(
             decoder_inputs_embeds,
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
-            past_key_values=past_key_values,
+            cache=cache,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder.last_hidden_state,
-            past_key_values=past_key_values if use_cache else None,
+            **cache_field(cache if use_cache else None),
             decoder_hidden_states=decoder.hidden_states,
             decoder_attentions=decoder.attentions,
             cross_attentions=decoder.cross_attentions,
@@ -280,7 +301,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
             encoder_hidden_states=encoder_outputs.hidden_states,
             encoder_attentions=encoder_outputs.attentions,
         )
-        return output if return_dict is None or return_dict else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
 
 class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedModel, GenerationMixin):
@@ -322,7 +343,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         decoder_input_ids: torch.Tensor | None = None,  # (B, T)
         decoder_attention_mask: torch.Tensor | None = None,  # (B, T)
         encoder_outputs: BaseModelOutput | tuple | None = None,
-        past_key_values: EncoderDecoderCache | None = None,
+        cache: EncoderDecoderCache | None = None,  # `generate` passes it as `cache` (transformers >= 5.24) ...
         inputs_embeds: torch.Tensor | None = None,
         decoder_inputs_embeds: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,  # (B, T), -100 = ignored
@@ -334,7 +355,12 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         # whose name contains "label" for a label column, and would then evaluate without labels (no loss).
         smoothing: float = 0.0,
         num_items_in_batch: int | torch.Tensor | None = None,
+        past_key_values: EncoderDecoderCache | None = None,  # ... or as `past_key_values` (earlier releases)
     ) -> Seq2SeqLMOutput | tuple:
+        cache = cache_argument(cache, past_key_values)
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
         if labels is not None:
             self._check_labels(labels, input_ids, decoder_input_ids)
             use_cache = False  # teacher forcing: the whole target in one parallel pass, nothing to cache
@@ -348,7 +374,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             decoder_input_ids=decoder_input_ids,
             decoder_attention_mask=decoder_attention_mask,
             encoder_outputs=encoder_outputs,
-            past_key_values=past_key_values,
+            cache=cache,
             inputs_embeds=inputs_embeds,
             decoder_inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
@@ -362,7 +388,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         output = Seq2SeqLMOutput(
             loss=loss,
             logits=logits,
-            past_key_values=outputs.past_key_values,
+            **cache_field(output_cache(outputs)),
             decoder_hidden_states=outputs.decoder_hidden_states,
             decoder_attentions=outputs.decoder_attentions,
             cross_attentions=outputs.cross_attentions,
@@ -370,9 +396,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
             encoder_hidden_states=outputs.encoder_hidden_states,
             encoder_attentions=outputs.encoder_attentions,
         )
-        return output if return_dict is None or return_dict else output.to_tuple()
+        return output if return_dict else output.to_tuple()
 
-    def _reorder_cache(self, past_key_values: EncoderDecoderCache | None, beam_idx: torch.Tensor):
+    def _reorder_cache(self, cache: EncoderDecoderCache | None, beam_idx: torch.Tensor):
         """Beam search, after each step: the surviving beams' self-attention keys/values, in their new order.
 
         `generate` lays a sentence's beams out as consecutive rows of one encoder output (repeated), and a beam is
@@ -381,9 +407,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         with the sdpa and eager kernels): reordering them, what the default does, would copy equal rows onto each
         other. They are left as they are.
         """
-        if past_key_values is not None:  # None: generating without a cache
-            past_key_values.self_attention_cache.reorder_cache(beam_idx)
-        return past_key_values
+        if cache is not None:  # None: generating without a cache
+            cache.self_attention_cache.reorder_cache(beam_idx)
+        return cache
 
     def _check_labels(self, labels, input_ids, decoder_input_ids) -> None:
         if labels.dim() != 2:

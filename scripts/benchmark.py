@@ -458,6 +458,7 @@ def case_gqa(args) -> list[Result]:
     from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 
     from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+    from vanilla_transformer.modeling.compat import output_cache
 
     cuda = args.device == "cuda"
     d_model, layers, heads, ffn = (512, 6, 8, 2048) if cuda else (256, 3, 4, 1024)
@@ -477,7 +478,7 @@ def case_gqa(args) -> list[Result]:
     def cache_mb(model):
         with torch.inference_mode():
             out = model.generate(**batch, **options, return_dict_in_generate=True)
-        cache = out.past_key_values
+        cache = output_cache(out)
         size = sum(t.numel() * t.element_size() for layer in cache.self_attention_cache.layers for t in (layer.keys, layer.values))
         size += sum(t.numel() * t.element_size() for layer in cache.cross_attention_cache.layers for t in (layer.keys, layer.values))
         return size / 2**20

@@ -11,6 +11,7 @@ from vanilla_transformer.modeling import (
     VanillaBertForSequenceClassification,
     VanillaTransformerForConditionalGeneration,
 )
+from vanilla_transformer.modeling.compat import output_cache
 from vanilla_transformer.modeling.layers import (
     Dropout,
     FeedForward,
@@ -364,14 +365,14 @@ def test_shared_cross_attention_cache_stays_exact_under_any_reorder(beam_idx):
     second = torch.randint(3, config.vocab_size, (4, 1))
     with torch.no_grad():
         step = model(input_ids=source, attention_mask=source_mask, decoder_input_ids=first, use_cache=True)
-        cache = step.past_key_values
+        cache = output_cache(step)
         assert cache.cross_attention_cache.layers[0].keys.shape[0] == 2  # one row per sentence
         order = torch.tensor(beam_idx)
         cache.reorder_cache(order)
         within = bool(torch.equal(order // 2, torch.arange(4) // 2))
         assert cache.cross_attention_cache.layers[0].keys.shape[0] == (2 if within else 4)
         cached = model(encoder_outputs=(step.encoder_last_hidden_state[order],), attention_mask=source_mask[order],
-                       decoder_input_ids=second, past_key_values=cache).logits[:, -1]
+                       decoder_input_ids=second, cache=cache).logits[:, -1]
         full = model(input_ids=source[order], attention_mask=source_mask[order],
                      decoder_input_ids=torch.cat([first, second], 1), use_cache=False).logits[:, -1]
     torch.testing.assert_close(cached, full, rtol=1e-5, atol=1e-5)

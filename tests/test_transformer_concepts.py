@@ -12,6 +12,7 @@ from torch import nn
 from transformers.cache_utils import StaticCache
 
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from vanilla_transformer.modeling.compat import output_cache
 
 PAD, START, EOS = 0, 1, 2
 ATTENTION_KERNELS = ["eager", "sdpa"]
@@ -78,10 +79,10 @@ def test_teacher_forced_logits_equal_step_by_step_cached_decoding():
                 encoder_outputs=encoder_outputs,
                 attention_mask=attention_mask,
                 decoder_input_ids=decoder_input_ids[:, t : t + 1],
-                past_key_values=cache,
+                cache=cache,
                 use_cache=True,
             )
-            cache = step.past_key_values
+            cache = output_cache(step)
             steps.append(step.logits)
     assert cache.get_seq_length() == 7
     torch.testing.assert_close(torch.cat(steps, dim=1), parallel.logits, atol=1e-5, rtol=1e-5)
@@ -98,7 +99,7 @@ def test_generate_with_dynamic_static_and_no_cache_agree_with_teacher_forcing():
         ),
         "none": model.generate(input_ids=input_ids, attention_mask=attention_mask, use_cache=False, **settings),
     }
-    assert isinstance(runs["static"].past_key_values.self_attention_cache, StaticCache)
+    assert isinstance(output_cache(runs["static"]).self_attention_cache, StaticCache)
     sequences = runs["dynamic"].sequences  # (B, 1 + 10), starting with the decoder start token
     with torch.no_grad():
         teacher_forced = model(
@@ -195,7 +196,7 @@ def test_multi_query_attention_works_and_caches_one_key_value_head():
                 input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids, use_cache=True
             )
         assert torch.isfinite(output.logits).all()
-        caches[kv_heads] = output.past_key_values
+        caches[kv_heads] = output_cache(output)
         generated = model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=4)
         assert generated.shape[0] == 3
     self_keys = caches[1].self_attention_cache.layers[0].keys

@@ -246,7 +246,7 @@ def test_decoder_layer_equals_torch(normalize_before, attn_implementation):
     memory_padding = torch.ones(3, 8, dtype=torch.long)
     memory_padding[1, 5:] = 0
     memory_padding[2, 2:] = 0
-    causal_mask = create_causal_mask(config=config, inputs_embeds=y, attention_mask=None, past_key_values=None)
+    causal_mask = create_causal_mask(config, y, None, None)  # the cache: 4th, renamed in 5.24
     memory_mask = create_bidirectional_mask(
         config=config, inputs_embeds=y, attention_mask=memory_padding, encoder_hidden_states=memory
     )

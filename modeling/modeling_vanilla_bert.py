@@ -291,6 +291,7 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             output_positions=None if output_hidden_states else masked,
+            return_dict=True,
         )
         hidden_states = outputs.last_hidden_state  # (B, T, D), or (N, D) at the masked positions
         if masked is not None and output_hidden_states:
@@ -347,6 +348,7 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, C)
         loss = None
@@ -426,6 +428,7 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
             inputs_embeds=inputs_embeds,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, C)
         loss = None

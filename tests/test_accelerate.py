@@ -119,7 +119,9 @@ def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(
 def test_bf16_mixed_precision_through_accelerate_launch(tmp_path):
     corpus = write_corpus(tmp_path / "data")
     argv = ["--max_steps", "3", "--save_steps", "3"]
-    launch(run_args(corpus, tmp_path / "bf16", *argv), num_processes=1, mixed_precision="bf16")
+    # --force_bf16: bf16 even where this CPU only emulates it (the run is 3 tiny steps; test_cpu_precision.py covers
+    # the fallback to fp32 that a CPU without native bf16 gets otherwise)
+    launch(run_args(corpus, tmp_path / "bf16", *argv, "--force_bf16"), num_processes=1, mixed_precision="bf16")
     reference = run(run_args(corpus, tmp_path / "fp32", *argv))
     bf16_losses = [r["loss"] for r in log_records(tmp_path / "bf16") if "loss" in r]
     fp32_losses = [r["loss"] for r in log_records(tmp_path / "fp32") if "loss" in r]

@@ -7,6 +7,7 @@ that the installed release's output classes declare, so no release warns about o
 """
 
 import dataclasses
+import warnings
 
 from transformers.modeling_outputs import Seq2SeqLMOutput
 
@@ -15,9 +16,16 @@ CACHE_FIELD = "cache" if "cache" in {f.name for f in dataclasses.fields(Seq2SeqL
 
 
 def cache_argument(cache=None, past_key_values=None):
-    """The cache a caller passed, under either name (`cache`, 5.24 on; `past_key_values`, before)."""
+    """The cache a caller passed, under either name (`cache`, 5.24 on; `past_key_values`, before). Where the
+    installed release has renamed it, the old name works and warns, as transformers' own models do."""
     if cache is not None and past_key_values is not None and cache is not past_key_values:
         raise ValueError("pass the cache once: `cache` (transformers >= 5.24) or `past_key_values` (earlier), not both")
+    if past_key_values is not None and CACHE_FIELD == "cache":  # as transformers' own models say it
+        warnings.warn(
+            "`past_key_values` is deprecated since transformers 5.24 (removed in 5.40): pass the cache as `cache=`",
+            FutureWarning,
+            stacklevel=3,
+        )
     return cache if cache is not None else past_key_values
 
 

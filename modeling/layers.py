@@ -382,6 +382,7 @@ class MultiHeadAttention(nn.Module):
                        else getattr(cross_cache, "layer_class_to_replicate", None))
         return (
             layer_class is DynamicLayer
+            and not torch.compiler.is_compiling()  # finding the shared rows reads tensor values
             and self.config._attn_implementation in ("eager", "sdpa")
             and (attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4))
         )

@@ -213,11 +213,7 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
         )
         hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, D)
         # Bidirectional: every token sees every non-padding token. None (sdpa, no padding) = attend everywhere.
-        padding_mask = create_bidirectional_mask(
-            config=mask_config(self.config, output_attentions),
-            inputs_embeds=hidden_states,
-            attention_mask=attention_mask,
-        )
+        padding_mask = create_bidirectional_mask(mask_config(self.config, output_attentions), hidden_states, attention_mask)
         stack = self.encoder(
             hidden_states,
             attention_mask=padding_mask,

@@ -7,6 +7,7 @@ Where the decoder stops looking at the future: `TransformerDecoder.forward` buil
 """
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -14,7 +15,12 @@ from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.cache_utils import DynamicCache, EncoderDecoderCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
-from transformers.modeling_outputs import BaseModelOutput, Seq2SeqLMOutput, Seq2SeqModelOutput
+from transformers.modeling_outputs import (
+    BaseModelOutput,
+    BaseModelOutputWithPastAndCrossAttentions,
+    Seq2SeqLMOutput,
+    Seq2SeqModelOutput,
+)
 
 from .compat import cache_argument, cache_field, output_cache
 from .configuration_vanilla_transformer import VanillaTransformerConfig
@@ -138,11 +144,7 @@ class TransformerEncoder(LayerStack):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
-        padding_mask = create_bidirectional_mask(
-            config=mask_config(self.config, output_attentions),
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-        )
+        padding_mask = create_bidirectional_mask(mask_config(self.config, output_attentions), inputs_embeds, attention_mask)
         stack = super().forward(
             # (B, S, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
             self.dropout(inputs_embeds + self.embed_positions(inputs_embeds.shape[1], dtype=inputs_embeds.dtype)),
@@ -162,12 +164,16 @@ class TransformerEncoder(LayerStack):
 class TransformerDecoder(LayerStack):
     """Positions, then N decoder layers: masked self-attention, cross-attention over the encoder output, FFN.
 
-    It takes token embeddings (`inputs_embeds`) rather than ids: there is one vocabulary table, the encoder's.
+    There is one vocabulary table, the encoder's (section 3.4): the decoder embeds `input_ids` with the function it
+    is given (`TransformerEncoder.embed`), a reference rather than a module of its own, so the table has one
+    checkpoint key. Its forward is a standard Hugging Face decoder's, what `get_decoder()` users (export wrappers,
+    adapters) call.
     """
 
-    def __init__(self, config: VanillaTransformerConfig):
+    def __init__(self, config: VanillaTransformerConfig, embed: Callable[[torch.Tensor, str], torch.Tensor]):
         super().__init__(**layer_args(config, "decoder"))
         self.config = config
+        self.embed = embed
         self.embed_positions = PositionEmbedding(
             config.max_position_embeddings, config.d_model, config.position_embedding_type
         )
@@ -175,15 +181,30 @@ class TransformerDecoder(LayerStack):
 
     def forward(
         self,
-        inputs_embeds: torch.Tensor,  # (B, T, D), already scaled
+        input_ids: torch.Tensor | None = None,  # (B, T)
         attention_mask: torch.Tensor | None = None,  # (B, past + T), 1 = token, 0 = padding
         encoder_hidden_states: torch.Tensor | None = None,  # (B, S, D)
         encoder_attention_mask: torch.Tensor | None = None,  # (B, S)
-        cache: EncoderDecoderCache | None = None,
-        use_cache: bool = False,
-        output_attentions: bool = False,
-        output_hidden_states: bool = False,
-    ):
+        cache: EncoderDecoderCache | None = None,  # named `past_key_values` before transformers 5.24
+        inputs_embeds: torch.Tensor | None = None,  # (B, T, D), already scaled: get_input_embeddings()(ids)
+        use_cache: bool | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        return_dict: bool | None = None,
+        past_key_values: EncoderDecoderCache | None = None,
+    ) -> BaseModelOutputWithPastAndCrossAttentions | tuple:
+        cache = cache_argument(cache, past_key_values)
+        use_cache = self.config.use_cache if use_cache is None else use_cache
+        output_attentions, output_hidden_states, return_dict = output_options(
+            self.config, output_attentions, output_hidden_states, return_dict
+        )
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError(
+                "pass exactly one of decoder_input_ids and decoder_inputs_embeds (or pass labels to "
+                "VanillaTransformerForConditionalGeneration, which shifts them right into decoder_input_ids)"
+            )
+        if inputs_embeds is None:
+            inputs_embeds = self.embed(input_ids, "decoder_input_ids")
         if use_cache and cache is None:
             cache = EncoderDecoderCache(DynamicCache(config=self.config), DynamicCache(config=self.config))
         if cache is not None and not isinstance(cache, EncoderDecoderCache):
@@ -203,10 +224,7 @@ class TransformerDecoder(LayerStack):
             cache.self_attention_cache if cache is not None else None,
         )
         memory_mask = create_bidirectional_mask(
-            config=masks_for,
-            inputs_embeds=inputs_embeds,
-            attention_mask=encoder_attention_mask,
-            encoder_hidden_states=encoder_hidden_states,
+            masks_for, inputs_embeds, encoder_attention_mask, encoder_hidden_states=encoder_hidden_states
         )
         stack = super().forward(
             # (B, T, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
@@ -221,7 +239,14 @@ class TransformerDecoder(LayerStack):
             # Teacher forcing: no work on padding. Decoding with a cache: one position per step, nothing to drop.
             unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding and cache is None else None,
         )
-        return stack, cache
+        output = BaseModelOutputWithPastAndCrossAttentions(
+            last_hidden_state=stack.last_hidden_state,
+            **cache_field(cache if use_cache else None),
+            hidden_states=stack.hidden_states,
+            attentions=stack.attentions,
+            cross_attentions=stack.cross_attentions,
+        )
+        return output if return_dict else output.to_tuple()
 
 
 class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
@@ -230,7 +255,7 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
     def __init__(self, config: VanillaTransformerConfig):
         super().__init__(config)
         self.encoder = TransformerEncoder(config)
-        self.decoder = TransformerDecoder(config)
+        self.decoder = TransformerDecoder(config, embed=self.encoder.embed)  # the one table, the encoder's
         self.post_init()
 
     def get_input_embeddings(self) -> nn.Embedding:
@@ -241,6 +266,9 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
 
     def get_encoder(self, modality: str | None = None) -> TransformerEncoder:
         return self.encoder
+
+    def get_decoder(self) -> TransformerDecoder:
+        return self.decoder
 
     def forward(
         self,
@@ -275,26 +303,21 @@ class VanillaTransformerModel(VanillaTransformerPreTrainedModel):
         elif not isinstance(encoder_outputs, BaseModelOutput):
             encoder_outputs = BaseModelOutput(*encoder_outputs)
 
-        if (decoder_input_ids is None) == (decoder_inputs_embeds is None):
-            raise ValueError(
-                "pass exactly one of decoder_input_ids and decoder_inputs_embeds (or pass labels to "
-                "VanillaTransformerForConditionalGeneration, which shifts them right into decoder_input_ids)"
-            )
-        if decoder_inputs_embeds is None:
-            decoder_inputs_embeds = self.encoder.embed(decoder_input_ids, "decoder_input_ids")
-        decoder, cache = self.decoder(
-            decoder_inputs_embeds,
+        decoder = self.decoder(
+            input_ids=decoder_input_ids,
             attention_mask=decoder_attention_mask,
             encoder_hidden_states=encoder_outputs.last_hidden_state,
             encoder_attention_mask=attention_mask,
             cache=cache,
+            inputs_embeds=decoder_inputs_embeds,
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         output = Seq2SeqModelOutput(
             last_hidden_state=decoder.last_hidden_state,
-            **cache_field(cache if use_cache else None),
+            **cache_field(output_cache(decoder)),
             decoder_hidden_states=decoder.hidden_states,
             decoder_attentions=decoder.attentions,
             cross_attentions=decoder.cross_attentions,
@@ -332,6 +355,9 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
     def get_encoder(self, modality: str | None = None) -> TransformerEncoder:
         return self.model.encoder
+
+    def get_decoder(self) -> TransformerDecoder:
+        return self.model.decoder
 
     def prepare_decoder_input_ids_from_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """Used by DataCollatorForSeq2Seq(tokenizer, model=model) to build decoder inputs."""

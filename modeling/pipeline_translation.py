@@ -71,7 +71,10 @@ class Text2TextGenerationPipeline(Pipeline):
         return self.tokenizer(text, return_tensors="pt", truncation=truncation, max_length=limit)
 
     def _forward(self, model_inputs, **generate_kwargs):
-        generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        if hasattr(self, "_prepare_generate_kwargs"):  # transformers >= 5.20: the call's and the init's parameters
+            generate_kwargs = self._prepare_generate_kwargs(generate_kwargs)
+        elif "generation_config" not in generate_kwargs:  # earlier: the pipeline's generation config, as in-tree ones
+            generate_kwargs["generation_config"] = self.generation_config
         return {"output_ids": self.model.generate(**model_inputs, **generate_kwargs)}
 
     def postprocess(self, model_outputs, clean_up_tokenization_spaces: bool = False):

@@ -25,12 +25,13 @@ _BLOCK = textwrap.dedent(
 )
 
 
-def run_without_package(code: str, cwd: str, timeout: int = 600) -> dict:
-    """Run `code` (which must print one JSON object as its last line) and return that object."""
+def run_without_package(code: str, cwd: str, timeout: int = 600, python: str | None = None) -> dict:
+    """Run `code` (which must print one JSON object as its last line) and return that object. `python`: another
+    interpreter to run it with (another environment, another transformers release); default this one."""
     env = dict(os.environ)
     env.pop("PYTHONPATH", None)
     result = subprocess.run(
-        [sys.executable, "-c", _BLOCK + textwrap.dedent(code)],
+        [python or sys.executable, "-c", _BLOCK + textwrap.dedent(code)],
         cwd=cwd,
         env=env,
         stdin=subprocess.DEVNULL,

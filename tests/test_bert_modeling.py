@@ -242,7 +242,8 @@ def test_gradient_checkpointing_same_gradients():
     model(**batch, labels=labels).loss.backward()
     plain = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    model.activation_checkpointing_enable()
+    # the name since transformers 5.23 (gradient_checkpointing_enable before, deprecated since)
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     assert all(layer.gradient_checkpointing for layer in model.bert.encoder.layers)
     model(**batch, labels=labels).loss.backward()
     for name, p in model.named_parameters():

@@ -4,6 +4,8 @@ saving paths (`save_pretrained`, `push_to_hub`, `Trainer.save_model`)."""
 
 import json
 import logging
+import warnings
+from contextlib import nullcontext
 
 import pytest
 import torch
@@ -82,8 +84,10 @@ def test_step_by_step_decoding_takes_the_cache_under_either_name(name):
         parallel = model(input_ids=input_ids, attention_mask=attention_mask, decoder_input_ids=decoder_input_ids).logits
         cache, steps = None, []
         for t in range(decoder_input_ids.shape[1]):
-            step = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
-                         decoder_input_ids=decoder_input_ids[:, t : t + 1], **{name: cache})
+            deprecated = name == "past_key_values" and CACHE_FIELD == "cache" and cache is not None
+            with pytest.warns(FutureWarning, match="`past_key_values` is deprecated") if deprecated else nullcontext():
+                step = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=True,
+                             decoder_input_ids=decoder_input_ids[:, t : t + 1], **{name: cache})
             cache = output_cache(step)
             steps.append(step.logits)
     assert cache.get_seq_length() == decoder_input_ids.shape[1]  # the cache passed in was the one extended
@@ -100,15 +104,18 @@ def test_both_cache_names_at_once_is_an_error():
         model(input_ids=input_ids, decoder_input_ids=input_ids[:, 1:2], cache=first, past_key_values=second)
 
 
-def test_generation_logs_no_deprecation_from_our_code(transformers_log):
+def test_generation_logs_and_warns_no_deprecation(transformers_log):
     model = seq2seq()
     input_ids, attention_mask = source_batch()
-    model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=4)
-    model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=4, num_beams=3)
-    with torch.no_grad():
-        out = model(input_ids=input_ids, decoder_input_ids=input_ids[:, :2], use_cache=True)
-        model(input_ids=input_ids, decoder_input_ids=input_ids[:, 2:3], **{CACHE_FIELD: output_cache(out)})
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=4)
+        model.generate(input_ids=input_ids, attention_mask=attention_mask, max_new_tokens=4, num_beams=3)
+        with torch.no_grad():
+            out = model(input_ids=input_ids, decoder_input_ids=input_ids[:, :2], use_cache=True)
+            model(input_ids=input_ids, decoder_input_ids=input_ids[:, 2:3], **{CACHE_FIELD: output_cache(out)})
     assert not [m for m in transformers_log if "deprecat" in m.lower()], transformers_log
+    assert not [w for w in caught if "deprecat" in str(w.message).lower()], [str(w.message) for w in caught]
 
 
 # --- half precision ------------------------------------------------------------------------------------------

@@ -433,7 +433,8 @@ def test_gradient_checkpointing_gives_the_same_gradients():
     loss, gradients = loss_and_gradients(model)
     gradients = {name: gradient.clone() for name, gradient in gradients.items()}
 
-    model.activation_checkpointing_enable()
+    # the name since transformers 5.23 (gradient_checkpointing_enable before, deprecated since)
+    (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     layers = [*model.model.encoder.layers, *model.model.decoder.layers]
     assert all(layer.gradient_checkpointing for layer in layers)
     calls = []

@@ -12,6 +12,8 @@ from .configuration_vanilla_transformer import (
     POSITION_EMBEDDING_TYPES,
     check_attention_shape,
     check_choice,
+    check_positive,
+    check_positive_float,
     check_probability,
 )
 
@@ -93,15 +95,11 @@ class VanillaBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"sinusoidal positions need an even hidden_size (sin/cos pairs), got hidden_size={self.hidden_size}"
             )
-        for name in (
-            "vocab_size",
-            "num_hidden_layers",
-            "intermediate_size",
-            "max_position_embeddings",
-            "type_vocab_size",
-        ):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name}={getattr(self, name)} must be a positive integer")
+        check_positive(
+            self, "vocab_size", "num_hidden_layers", "intermediate_size", "max_position_embeddings", "type_vocab_size"
+        )
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        check_positive_float("initializer_range", self.initializer_range)
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(
                 f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})"

@@ -40,6 +40,22 @@ def check_probability(name: str, value: float) -> None:
         raise ValueError(f"{name}={value} must be a probability in [0, 1)")
 
 
+def check_positive(config, *names: str) -> None:
+    """Sizes and counts that a model cannot be built with when they are 0 or negative (a 0-layer stack or a 0-wide
+    feed-forward network builds, and computes nonsense or divides by zero later)."""
+    for name in names:
+        value = getattr(config, name)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name}={value!r} must be a positive integer")
+
+
+def check_positive_float(name: str, value, optional: bool = False) -> None:
+    if optional and value is None:
+        return
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{name}={value!r} must be a positive number")
+
+
 class VanillaTransformerConfig(PreTrainedConfig):
     r"""
     Args:
@@ -115,6 +131,17 @@ class VanillaTransformerConfig(PreTrainedConfig):
     def __post_init__(self, **kwargs):
         if self.num_key_value_heads is None and self.encoder_attention_heads == self.decoder_attention_heads:
             self.num_key_value_heads = self.decoder_attention_heads  # multi-head: one key/value head per query head
+        check_positive(
+            self,
+            "vocab_size",
+            "encoder_layers",
+            "decoder_layers",
+            "encoder_ffn_dim",
+            "decoder_ffn_dim",
+            "max_position_embeddings",
+        )
+        check_positive_float("layer_norm_eps", self.layer_norm_eps)
+        check_positive_float("init_std", self.init_std, optional=True)
         for side in ("encoder", "decoder"):
             heads = getattr(self, f"{side}_attention_heads")
             kv_heads = heads if self.num_key_value_heads is None else self.num_key_value_heads

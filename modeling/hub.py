@@ -3,9 +3,12 @@ the generation config and the modeling code, so that anyone loads the folder, or
 `trust_remote_code=True` on a machine without this package."""
 
 import inspect
+import itertools
 import shutil
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 
@@ -88,11 +91,18 @@ def prepare_for_hub(model: PreTrainedModel) -> bool:
     return True
 
 
-class HubReadySaving:
-    """Mixed into both families' PreTrainedModel: every standard saving path, `save_pretrained`, `push_to_hub`,
-    `Trainer.save_model` and `Trainer(push_to_hub=True)` (they all call `save_pretrained`), writes a folder that
-    loads with trust_remote_code=True without this package: the code files, `auto_map` for every Auto class the
-    family serves and the pipelines it declares (`custom_pipelines`, their module beside the model files)."""
+class HubFolders:
+    """Mixed into both families' PreTrainedModel.
+
+    Saving: every standard path, `save_pretrained`, `push_to_hub`, `Trainer.save_model` and `Trainer(push_to_hub=True)`
+    (they all call `save_pretrained`), writes a folder that loads with trust_remote_code=True without this package:
+    the code files, `auto_map` for every Auto class the family serves and the pipelines it declares
+    (`custom_pipelines`, their module beside the model files).
+
+    Loading: `from_pretrained` refuses weights that are not finite (NaN or inf), which a flipped bit, a bad copy or a
+    diverged run leave in a checkpoint and which would otherwise load without a word and make every output NaN.
+    `allow_non_finite_weights=True` loads them anyway (to inspect a diverged run).
+    """
 
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         if prepare_for_hub(self) and is_main_process:
@@ -102,10 +112,35 @@ class HubReadySaving:
                 shutil.copy(inspect.getfile(pipeline_class), save_directory)  # custom_pipelines' "impl" lives here
         return super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_non_finite_weights: bool = False, **kwargs):
+        try:
+            loaded = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
+        except SafetensorError as error:  # its own message names no file
+            raise ValueError(
+                f"{pretrained_model_name_or_path}: a weights file (.safetensors) is damaged ({error}): it was cut short "
+                "or changed after it was written; copy or download it again"
+            ) from error
+        model = loaded[0] if isinstance(loaded, tuple) else loaded  # (model, loading info) with output_loading_info
+        if not allow_non_finite_weights:
+            bad = [
+                name
+                for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
+                if tensor.is_floating_point() and tensor.device.type != "meta" and not bool(torch.isfinite(tensor).all())
+            ]
+            if bad:
+                raise ValueError(
+                    f"{pretrained_model_name_or_path}: {len(bad)} weight tensor(s) hold NaN or inf values "
+                    f"({', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}): the checkpoint is corrupt (a damaged or "
+                    "incomplete copy: download or copy it again) or comes from a run that diverged (use an earlier "
+                    "checkpoint); from_pretrained(..., allow_non_finite_weights=True) loads it anyway"
+                )
+        return loaded
+
 
 def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None) -> Path:
     """Save `model` (and `tokenizer`) as a folder that loads with trust_remote_code=True without this package:
-    `model.save_pretrained(folder)` (Hub-ready by itself, `HubReadySaving`) and the tokenizer beside it."""
+    `model.save_pretrained(folder)` (Hub-ready by itself, `HubFolders`) and the tokenizer beside it."""
     folder = Path(folder)
     if not prepare_for_hub(model):
         raise ValueError(f"{type(model).__name__} is not one of this package's model classes; no Hub export for it")

@@ -182,6 +182,29 @@ class ChunkedLinearCrossEntropy(torch.autograd.Function):
         return grad_hidden, grad_weight, grad_bias, None, None
 
 
+def token_cross_entropy(
+    logits: torch.Tensor,  # (..., V)
+    labels: torch.Tensor,  # (...), -100 = ignored
+    num_items_in_batch: int | torch.Tensor | None = None,
+    label_smoothing: float = 0.0,
+) -> torch.Tensor:
+    """Cross-entropy averaged over the labelled positions (labels != -100), or summed and divided by Trainer's
+    `num_items_in_batch` (gradient accumulation: accumulated steps equal one big step). A batch with no labelled
+    position has loss 0 and zero gradients: a plain mean divides by zero there, and its NaN gradients would turn every
+    weight into NaN at the next optimizer step."""
+    loss = nn.functional.cross_entropy(
+        logits.float().flatten(0, -2),
+        labels.flatten().to(logits.device),
+        ignore_index=-100,
+        reduction="sum",
+        label_smoothing=label_smoothing,
+    )
+    count = (labels != -100).sum() if num_items_in_batch is None else num_items_in_batch
+    if torch.is_tensor(count):
+        return loss / count.to(loss.device).clamp(min=1)
+    return loss / max(count, 1)
+
+
 def linear_cross_entropy(hidden, weight, bias, labels, chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy of `labels` under linear(hidden, weight, bias), the logits), in vocabulary chunks
     (`ChunkedLinearCrossEntropy`): 512 rows on CPU (a (N, 512) piece fits in cache), 8192 elsewhere."""
@@ -483,8 +506,18 @@ class PositionEmbedding(nn.Module):
 
 
 def check_token_ids(input_ids: torch.Tensor | None, vocab_size: int, name: str = "input_ids") -> None:
-    """An id outside the embedding table gives an opaque index error (or a device assert): say what is wrong."""
-    if input_ids is None or input_ids.numel() == 0 or torch.compiler.is_compiling():
+    """Ids of another type, rank or range than the embedding table takes give an opaque error deep in torch (or a
+    device assert): say what is wrong."""
+    if input_ids is None:
+        return
+    if input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids (torch.long), got {input_ids.dtype}")
+    if input_ids.dim() != 2:
+        raise ValueError(
+            f"{name} must be (batch, length), got shape {tuple(input_ids.shape)}; for one sequence pass ids[None], "
+            "or tokenize with return_tensors='pt'"
+        )
+    if input_ids.numel() == 0 or torch.compiler.is_compiling():
         return
     low, high = int(input_ids.min()), int(input_ids.max())
     if low < 0 or high >= vocab_size:
@@ -492,6 +525,31 @@ def check_token_ids(input_ids: torch.Tensor | None, vocab_size: int, name: str =
             f"{name} contains token id {high if high >= vocab_size else low}, outside the vocabulary of "
             f"{vocab_size} ids; the tokenizer does not match this model (check len(tokenizer) against "
             "config.vocab_size), or -100 label padding was passed as input"
+        )
+
+
+def check_batch(shape: torch.Size, attention_mask: torch.Tensor | None, name: str, past_length: int = 0) -> None:
+    """A (B, T) batch must hold at least one sequence of at least one token, and its 2-D attention mask one 1/0 per
+    position (past ones included while decoding with a cache): otherwise torch fails deep inside, or a mask of the
+    wrong length is silently broadcast or cut."""
+    if torch.compiler.is_compiling():  # shapes are symbols there; checked in eager runs
+        return
+    batch, length = shape[0], shape[1]
+    if batch == 0 or length == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(shape[:2])}): pass at least one sequence of at least one token")
+    if attention_mask is None or not isinstance(attention_mask, torch.Tensor):
+        return
+    expected = (batch, int(past_length) + length)
+    if attention_mask.dim() == 2 and tuple(attention_mask.shape) != expected:
+        raise ValueError(
+            f"the attention mask for {name} has shape {tuple(attention_mask.shape)}, expected {expected} (one 1 or 0 per "
+            "token of each sequence" + (f", the {past_length} cached positions included" if past_length else "")
+            + "): make the ids and the mask in the same tokenizer call, with padding=True"
+        )
+    if attention_mask.dim() not in (2, 4):
+        raise ValueError(
+            f"the attention mask for {name} must be (batch, length) with 1 = token, 0 = padding (or a prepared 4-D "
+            f"mask), got shape {tuple(attention_mask.shape)}"
         )
 
 

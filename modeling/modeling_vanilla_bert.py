@@ -23,16 +23,18 @@ from transformers.modeling_outputs import (
 )
 
 from .configuration_vanilla_bert import VanillaBertConfig
-from .hub import HubReadySaving
+from .hub import HubFolders
 from .layers import (
     Dropout,
     LayerStack,
     PositionEmbedding,
     Unpadder,
+    check_batch,
     check_token_ids,
     linear_cross_entropy,
     mask_config,
     output_options,
+    token_cross_entropy,
 )
 
 
@@ -86,8 +88,7 @@ class VanillaBertEmbeddings(nn.Module):
         token_type_ids: torch.Tensor | None = None,  # (B, T), segment A = 0, segment B = 1
         inputs_embeds: torch.Tensor | None = None,  # (B, T, D): token embeddings, positions not yet added
     ) -> torch.Tensor:
-        if inputs_embeds is None:
-            check_token_ids(input_ids, self.embed_tokens.num_embeddings)  # the table's size survives a resize
+        if inputs_embeds is None:  # (the ids were checked by the model)
             inputs_embeds = self.embed_tokens(input_ids)
         if token_type_ids is None:
             segments = self.embed_token_types.weight[0]  # (D,): all segment A, no lookup needed
@@ -132,7 +133,7 @@ class MaskedLMHead(nn.Module):
         return linear_cross_entropy(self.transform(hidden_states), self.decoder.weight, self.decoder.bias, labels)
 
 
-class VanillaBertPreTrainedModel(HubReadySaving, PreTrainedModel):
+class VanillaBertPreTrainedModel(HubFolders, PreTrainedModel):
     config_class = VanillaBertConfig
     base_model_prefix = "bert"
     main_input_name = "input_ids"
@@ -211,6 +212,14 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = output_options(
             self.config, output_attentions, output_hidden_states, return_dict
         )
+        check_token_ids(input_ids, self.embeddings.embed_tokens.num_embeddings)
+        shape = (input_ids if input_ids is not None else inputs_embeds).shape
+        check_batch(shape, attention_mask, "input_ids" if input_ids is not None else "inputs_embeds")
+        if token_type_ids is not None and token_type_ids.shape != shape[:2]:
+            raise ValueError(
+                f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected {tuple(shape[:2])}: one segment id "
+                "per token (make both in the same tokenizer call)"
+            )
         hidden_states = self.embeddings(input_ids, token_type_ids, inputs_embeds)  # (B, T, D)
         # Bidirectional: every token sees every non-padding token. None (sdpa, no padding) = attend everywhere.
         padding_mask = create_bidirectional_mask(mask_config(self.config, output_attentions), hidden_states, attention_mask)
@@ -304,7 +313,7 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         else:
             logits = self.lm_head(hidden_states)  # (B, T, V), or (N, V) with sparse prediction
             if labels is not None:
-                loss = self.loss_function(logits, labels, self.config.vocab_size, num_items_in_batch=num_items_in_batch)
+                loss = token_cross_entropy(logits, labels, num_items_in_batch)  # 0 when nothing is masked
         output = MaskedLMOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
@@ -349,16 +358,20 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, C)
         loss = None
         if labels is not None:
-            self._check_labels(labels, logits.shape[0])
             # transformers' rule: regression if num_labels == 1, else single-label for integer labels, else
             # multi-label; the choice is stored in config.problem_type on first use.
-            loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
+            if self._check_labels(labels, logits.shape[0]) == "single_label_classification":
+                self.config.problem_type = "single_label_classification"
+                loss = token_cross_entropy(logits, labels.view(-1))  # -100 = ignored; 0 for a batch of only those
+            else:
+                loss = self.loss_function(labels=labels, pooled_logits=logits, config=self.config)
         output = SequenceClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )
         return output if return_dict else output.to_tuple()
 
-    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> None:
+    def _check_labels(self, labels: torch.Tensor, batch_size: int) -> str:
+        """Raise a clear error for labels the problem type cannot take; return the problem type."""
         num_labels, problem_type = self.num_labels, self.config.problem_type
         if problem_type is None:  # the same inference as transformers' ForSequenceClassificationLoss
             if num_labels == 1:
@@ -386,6 +399,7 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
                 f"regression with num_labels={num_labels} takes {num_labels} value(s) per sequence, got labels of "
                 f"shape {tuple(labels.shape)} for a batch of {batch_size}"
             )
+        return problem_type
 
 
 class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
@@ -435,7 +449,7 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
                     "where no label applies"
                 )
             check_label_ids(labels, self.num_labels, "class id", class_id_hint(self.num_labels))
-            loss = self.loss_function(logits, labels, self.config, num_items_in_batch=num_items_in_batch)
+            loss = token_cross_entropy(logits, labels, num_items_in_batch)  # 0 when no token is labelled
         output = TokenClassifierOutput(
             loss=loss, logits=logits, hidden_states=outputs.hidden_states, attentions=outputs.attentions
         )

@@ -24,16 +24,18 @@ from transformers.modeling_outputs import (
 
 from .compat import cache_argument, cache_field, output_cache
 from .configuration_vanilla_transformer import VanillaTransformerConfig
-from .hub import HubReadySaving
+from .hub import HubFolders
 from .layers import (
     Dropout,
     LayerStack,
     PositionEmbedding,
     ScaledEmbedding,
     Unpadder,
+    check_batch,
     check_token_ids,
     mask_config,
     output_options,
+    token_cross_entropy,
 )
 
 
@@ -75,7 +77,7 @@ def layer_args(config: VanillaTransformerConfig, side: str) -> dict:
     )
 
 
-class VanillaTransformerPreTrainedModel(HubReadySaving, PreTrainedModel):
+class VanillaTransformerPreTrainedModel(HubFolders, PreTrainedModel):
     config_class = VanillaTransformerConfig
     base_model_prefix = "model"
     main_input_name = "input_ids"
@@ -144,6 +146,7 @@ class TransformerEncoder(LayerStack):
             raise ValueError("pass exactly one of input_ids and inputs_embeds to the encoder")
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids)
+        check_batch(inputs_embeds.shape, attention_mask, "input_ids" if input_ids is not None else "inputs_embeds")
         padding_mask = create_bidirectional_mask(mask_config(self.config, output_attentions), inputs_embeds, attention_mask)
         stack = super().forward(
             # (B, S, D). Not bound to a name here: the stack lets go of it after the first layer (memory).
@@ -214,6 +217,10 @@ class TransformerDecoder(LayerStack):
                 "EncoderDecoderCache(DynamicCache(), DynamicCache())"
             )
         past_length = cache.get_seq_length() if cache is not None else 0
+        what = "decoder_input_ids" if input_ids is not None else "decoder_inputs_embeds"
+        check_batch(inputs_embeds.shape, attention_mask, what, past_length)
+        if encoder_hidden_states is not None:
+            check_batch(encoder_hidden_states.shape, encoder_attention_mask, "the encoder output (input_ids)")
 
         masks_for = mask_config(self.config, output_attentions)
         # Position t may attend to positions <= t only: the decoder never sees the future (section 3.2.3).
@@ -470,21 +477,11 @@ def seq2seq_loss(
     label_smoothing: float = 0.0,
     num_items_in_batch: int | torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Cross-entropy of each target token (no shift: the decoder input is already shifted), -100 ignored.
-
-    With `num_items_in_batch` (Trainer under gradient accumulation) the sum is divided by the token count
-    of the whole accumulated batch, so that accumulated steps equal one big step.
-    """
-    loss = nn.functional.cross_entropy(
-        logits.float().flatten(0, 1),
-        labels.flatten().to(logits.device),
-        ignore_index=-100,
-        reduction="sum" if num_items_in_batch is not None else "mean",
-        label_smoothing=label_smoothing,
-    )
-    if num_items_in_batch is not None:
-        loss = loss / num_items_in_batch
-    return loss
+    """Cross-entropy of each target token (no shift: the decoder input is already shifted), -100 ignored, averaged
+    over the target tokens; with `num_items_in_batch` (Trainer under gradient accumulation) summed and divided by the
+    token count of the whole accumulated batch, so that accumulated steps equal one big step. 0 for a batch without
+    a target token (`layers.token_cross_entropy`)."""
+    return token_cross_entropy(logits, labels, num_items_in_batch, label_smoothing)
 
 
 __all__ = [

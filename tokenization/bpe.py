@@ -6,10 +6,12 @@ Pieces follow SentencePiece's convention (NFKC, "▁" marks a word start), so de
 exactly, which detokenized sacreBLEU needs. Every sequence ends with </s>; the decoder starts from <s>.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import PreTrainedTokenizerFast
+
+from .corpus import TrainingTexts
 
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]  # ids 0, 1, 2, 3: the defaults of VanillaTransformerConfig
@@ -33,7 +35,9 @@ def train_bpe_tokenizer(
         special_tokens=SPECIAL_TOKENS,
         show_progress=show_progress,
     )
-    tokenizer.train_from_iterator(_non_empty(texts), trainer=trainer)
+    corpus = TrainingTexts(texts)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    corpus.check_learned(tokenizer.get_vocab_size(), vocab_size, len(SPECIAL_TOKENS))
     eos_id = tokenizer.token_to_id(EOS)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"$A {EOS}", pair=f"$A {EOS} $B {EOS}", special_tokens=[(EOS, eos_id)]
@@ -57,9 +61,3 @@ def special_token_ids(tokenizer) -> dict[str, int]:
         "eos_token_id": tokenizer.eos_token_id,
         "decoder_start_token_id": tokenizer.bos_token_id,
     }
-
-
-def _non_empty(texts: Iterable[str]) -> Iterator[str]:
-    for text in texts:
-        if text and text.strip():
-            yield text

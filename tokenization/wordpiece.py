@@ -14,11 +14,13 @@ transformers 5.23 does not pad `offset_mapping`, so that mode fails on batches o
 `WholeWordMaskCollator` pads it and is otherwise the transformers collator.
 """
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 from transformers import BatchEncoding, DataCollatorForLanguageModeling, PreTrainedTokenizerFast
+
+from .corpus import TrainingTexts
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = [PAD, UNK, CLS, SEP, MASK]  # ids 0..4; [PAD] = 0 is VanillaBertConfig's default pad_token_id
@@ -44,7 +46,9 @@ def train_wordpiece_tokenizer(
         continuing_subword_prefix="##",
         show_progress=show_progress,
     )
-    tokenizer.train_from_iterator(_non_empty(texts), trainer=trainer)
+    corpus = TrainingTexts(texts)
+    tokenizer.train_from_iterator(corpus, trainer=trainer)
+    corpus.check_learned(tokenizer.get_vocab_size(), vocab_size, len(SPECIAL_TOKENS))
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS}:0 $A:0 {SEP}:0",
@@ -99,12 +103,6 @@ class WholeWordMaskCollator(DataCollatorForLanguageModeling):
             offsets = offsets + filler if self.tokenizer.padding_side == "right" else filler + offsets
             padded.append({**example, "offset_mapping": offsets})
         return super().torch_call(padded)
-
-
-def _non_empty(texts: Iterable[str]) -> Iterator[str]:
-    for text in texts:
-        if text and not text.isspace():
-            yield text
 
 
 __all__ = ["train_wordpiece_tokenizer", "encode_for_mlm", "WholeWordMaskCollator", "SPECIAL_TOKENS"]

@@ -43,10 +43,13 @@ compare the test accuracies over a few seeds (--seed):
 
 Several processes: `accelerate launch --multi_gpu --num_processes 2 scripts/pretrain_mlm.py ...` (the global batch
 is batch_size x processes x gradient_accumulation_steps). Continue an interrupted run with the same command plus
---resume.
+--resume (with the same arguments, but for when to stop, logging and saving: a change of --learning_rate, say, is
+refused, naming it). Arguments, files and the output folder are checked before any data is read; an empty or blank
+file, text that is not UTF-8, or a tokenizer that turns most of the text into [UNK] is an error naming the file.
 """
 
 import argparse
+import hashlib
 import json
 import math
 import sys
@@ -56,19 +59,34 @@ from pathlib import Path
 import datasets
 import torch
 from accelerate.utils import set_seed
-from transformers import AutoModelForMaskedLM, AutoTokenizer, DataCollatorForLanguageModeling, HfArgumentParser
+from transformers import (
+    AutoConfig,
+    AutoModelForMaskedLM,
+    AutoTokenizer,
+    DataCollatorForLanguageModeling,
+    HfArgumentParser,
+)
 
 from trainer_utils import (
+    ArgumentError,
+    CheckpointError,
     LoopArguments,
+    ResumePoint,
     TrainingTask,
+    check_tokenizer,
+    errors_without_traceback,
     make_accelerator,
     make_optimizer,
     mean_loss,
     paper_learning_rate,
+    peak_learning_rate,
     plot_log,
+    prepare_output_dir,
     token_batches,
+    tokenizer_fingerprint,
     train,
 )
+from translation_data import READER_VERSION, DataError, DataFileNotFoundError, load_dataset_split, text_lines
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
@@ -112,14 +130,22 @@ class PretrainArguments:
 
     def __post_init__(self):
         if self.dataset_name is None and not (self.train_file and self.validation_file):
-            raise ValueError("give --train_file and --validation_file, or --dataset_name")
+            raise ArgumentError("give --train_file and --validation_file, or --dataset_name")
         if self.dataset_name is not None and (self.train_file or self.validation_file):
-            raise ValueError("give either --dataset_name or --train_file/--validation_file, not both")
+            raise ArgumentError("give either --dataset_name or --train_file/--validation_file, not both")
         given = [name for name in DEFAULT_SIZE if getattr(self, name) is not None]
         if self.model_name_or_path and given:
-            raise ValueError(f"--{', --'.join(given)}: the size of {self.model_name_or_path} is fixed by its config")
+            raise ArgumentError(f"--{', --'.join(given)}: the size of {self.model_name_or_path} is fixed by its config")
         if self.block_size < 2:
-            raise ValueError(f"--block_size {self.block_size}: a block holds [CLS] and at least one token")
+            raise ArgumentError(f"--block_size {self.block_size}: a block holds [CLS] and at least one token")
+        for name in ("batch_size", "eval_batch_size", *(name for name in DEFAULT_SIZE if getattr(self, name))):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.vocab_size <= 5:
+            raise ArgumentError(f"--vocab_size {self.vocab_size}: the WordPiece has 5 special tokens; give more")
+        if not 0 < self.mlm_probability <= 1:
+            raise ArgumentError(f"--mlm_probability {self.mlm_probability}: the fraction of tokens to predict must be "
+                                "above 0 (0 trains and scores nothing) and at most 1")
 
     def model_size(self) -> dict[str, int]:
         return {name: default if getattr(self, name) is None else getattr(self, name)
@@ -130,21 +156,64 @@ class PretrainArguments:
 
 
 def load_texts(args: PretrainArguments) -> datasets.DatasetDict:
-    """Splits "train" and "validation", each with one column "text", blank lines dropped."""
+    """Splits "train" and "validation", each with one column "text", blank lines dropped. A file that is empty or
+    blank, not UTF-8 or a broken .gz, or a dataset column that is not text: a `DataError` naming it."""
     if args.dataset_name:
         splits = {"train": args.train_split, "validation": args.validation_split}
-        data = datasets.DatasetDict({ours: datasets.load_dataset(args.dataset_name, args.dataset_config_name,
-                                                                 split=theirs) for ours, theirs in splits.items()})
+        data = datasets.DatasetDict({ours: load_dataset_split(args.dataset_name, args.dataset_config_name, theirs)
+                                     for ours, theirs in splits.items()})
         for split, table in data.items():
+            where = f"{args.dataset_name} ({splits[split]})"
             if args.text_column not in table.column_names:
-                raise ValueError(f"{args.dataset_name} ({splits[split]}) has no column {args.text_column!r}; its "
-                                 f"columns are {table.column_names} (choose one with --text_column)")
+                raise DataError(f"{where} has no column {args.text_column!r}; its columns are {table.column_names} "
+                                "(choose one with --text_column)")
+            dtype = getattr(table.features[args.text_column], "dtype", type(table.features[args.text_column]).__name__)
+            if dtype not in ("string", "large_string"):
+                raise DataError(f"{where}: column {args.text_column!r} holds {dtype}, not text (choose a text column "
+                                "with --text_column)")
         data = data.select_columns([args.text_column])
         if args.text_column != "text":
             data = data.rename_column(args.text_column, "text")
+        where = {split: f"{args.dataset_name} ({name})" for split, name in splits.items()}
     else:
-        data = datasets.load_dataset("text", data_files={"train": args.train_file, "validation": args.validation_file})
-    return data.filter(lambda row: bool(row["text"] and row["text"].strip()))
+        data = datasets.DatasetDict({split: _text_file(path) for split, path in
+                                     (("train", args.train_file), ("validation", args.validation_file))})
+        where = {"train": args.train_file, "validation": args.validation_file}
+    lines = {split: len(table) for split, table in data.items()}
+    data = data.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    for split, table in data.items():
+        if len(table) == 0:
+            raise DataError(f"{where[split]}: no text ({lines[split]:,} {'lines' if args.train_file else 'rows'}, all "
+                            f"blank): give a file with one document per line")
+    return data
+
+
+def _text_file(path: str) -> datasets.Dataset:
+    """One row per line of a text file (.gz too), read with `translation_data.text_lines` (clear errors), cached by
+    `datasets` under the file's path, size and modification time."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataFileNotFoundError(f"{path}: no such file" + (" (it is a folder)" if file.is_dir() else ""))
+    stamp = json.dumps([str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns, "text-lines",
+                        READER_VERSION])
+    try:
+        return datasets.Dataset.from_generator(
+            _lines, gen_kwargs={"path": path}, features=datasets.Features({"text": datasets.Value("string")}),
+            fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:32],
+        )
+    except datasets.exceptions.DatasetGenerationError as error:
+        if isinstance(error.__cause__, DataError):  # our own message, not datasets' generic one
+            raise error.__cause__ from None
+        raise
+
+
+def _lines(path: str):
+    empty = True
+    for line in text_lines(path):
+        empty = False
+        yield {"text": line}
+    if empty:
+        raise DataError(f"{path} is empty: give a file with one document per line")
 
 
 def group_blocks(documents: dict[str, list[list]], block_size: int, cls_id: int, sep_id: int) -> dict[str, list]:
@@ -214,39 +283,83 @@ def masked_validation_batches(blocks: datasets.Dataset, tokenizer, args: Pretrai
 # ---------------------------------------------------------------------------------------------- model, tokenizer
 
 
-def get_tokenizer(args: PretrainArguments, train_texts: datasets.Dataset, output_dir: Path):
-    """--tokenizer_name; else the checkpoint's; else the one this run trained before (resume); else a new WordPiece
-    on the training text, saved to output_dir/tokenizer."""
+def get_tokenizer(args: PretrainArguments, texts: datasets.DatasetDict, output_dir: Path,
+                  resume: ResumePoint | None, is_main_process: bool = True):
+    """--tokenizer_name; else the checkpoint's (--model_name_or_path); on --resume, the one the checkpoint was trained
+    with (output_dir/tokenizer, checked against the checkpoint); else a new WordPiece on the training text, saved to
+    output_dir/tokenizer (by the main process; the others read it). A tokenizer from an earlier run is never reused
+    for a new one. Refused when it turns most of the text into [UNK]."""
     name = args.tokenizer_name or args.model_name_or_path
-    if name:
-        tokenizer = AutoTokenizer.from_pretrained(name)
-        if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
-            raise ValueError(f"the tokenizer of {name} lacks [MASK], [CLS] or [SEP]: it is not a BERT tokenizer")
-        return tokenizer
     folder = output_dir / "tokenizer"
-    if (folder / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(folder)
-    tokenizer = train_wordpiece_tokenizer(train_texts["text"], vocab_size=args.vocab_size, show_progress=False)
-    tokenizer.save_pretrained(folder)
+    trained_here = False
+    if name:
+        tokenizer = load_tokenizer(name, "--tokenizer_name" if args.tokenizer_name else "--model_name_or_path")
+        if tokenizer.mask_token is None or tokenizer.cls_token is None or tokenizer.sep_token is None:
+            raise ArgumentError(f"the tokenizer of {name} lacks [MASK], [CLS] or [SEP]: it is not a BERT tokenizer")
+    elif resume is not None or not is_main_process:
+        if not (folder / "tokenizer.json").is_file():
+            raise CheckpointError(f"{folder} is missing: the tokenizer this run was trained with. Resume needs it; "
+                                  "start a new --output_dir")
+        tokenizer = load_tokenizer(folder, "the run's tokenizer")
+    else:
+        tokenizer = train_wordpiece_tokenizer(texts["train"]["text"], vocab_size=args.vocab_size, show_progress=False)
+        tokenizer.save_pretrained(folder)
+        trained_here = True
+    if resume is not None:
+        resume.check_signature(tokenizer=tokenizer_fingerprint(tokenizer))
+    where = {split: getattr(args, f"{split}_file") or f"{args.dataset_name} ({getattr(args, f'{split}_split')})"
+             for split in ("train", "validation")}
+    fix = ("Use a tokenizer trained on this kind of text (scripts/train_tokenizer.py --kind wordpiece)" if name else
+           f"Its training text, {where['train']} ({len(texts['train']):,} documents), is too small or unlike this "
+           "text: give more training text")
+    check_tokenizer(tokenizer, {where[split]: texts[split][:1000]["text"] for split in ("train", "validation")}, fix,
+                    vocab_size=args.vocab_size if trained_here else None)
     return tokenizer
 
 
+def load_tokenizer(name, what: str):
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ArgumentError(f"{what} {name}: no tokenizer could be loaded from it ({error})") from None
+
+
+def model_config(args: PretrainArguments, tokenizer=None):
+    """The model's config: the checkpoint's (--model_name_or_path), or a new one of --hidden_size etc. Without a
+    tokenizer, a stand-in vocabulary: checks the model arguments and --block_size before any data is read."""
+    if args.model_name_or_path:
+        try:
+            config = AutoConfig.from_pretrained(args.model_name_or_path)
+        except (OSError, ValueError) as error:
+            raise ArgumentError(f"--model_name_or_path {args.model_name_or_path}: no model config could be loaded "
+                                f"from it ({error})") from None
+        if config.model_type != VanillaBertConfig.model_type:
+            raise ArgumentError(f"{args.model_name_or_path} holds a {config.model_type!r} model; this script "
+                                "continues vanilla_bert checkpoints")
+    else:
+        special = {"vocab_size": len(tokenizer), "pad_token_id": tokenizer.pad_token_id} if tokenizer else {}
+        try:
+            config = VanillaBertConfig(**special, **args.model_size())
+        except ValueError as error:
+            raise ArgumentError(f"the model arguments do not make a model: {error}") from None
+    if args.block_size > config.max_position_embeddings:
+        raise ArgumentError(f"--block_size {args.block_size} exceeds the model's max_position_embeddings "
+                            f"({config.max_position_embeddings})")
+    return config
+
+
 def get_model(args: PretrainArguments, tokenizer) -> VanillaBertForMaskedLM:
+    config = model_config(args, tokenizer)
     if args.model_name_or_path:
         model = AutoModelForMaskedLM.from_pretrained(args.model_name_or_path)
         if not isinstance(model, VanillaBertForMaskedLM):
-            raise ValueError(f"{args.model_name_or_path} holds a {model.config.model_type!r} model; this script "
-                             "continues vanilla_bert checkpoints")
+            raise ArgumentError(f"{args.model_name_or_path} holds a {model.config.model_type!r} model; this script "
+                                "continues vanilla_bert checkpoints")
         if model.config.vocab_size < len(tokenizer):
-            raise ValueError(f"the tokenizer has {len(tokenizer)} tokens, the model {model.config.vocab_size}: use "
-                             "the checkpoint's own tokenizer")
+            raise ArgumentError(f"the tokenizer has {len(tokenizer)} tokens, the model {model.config.vocab_size}: "
+                                "use the checkpoint's own tokenizer")
     else:
-        config = VanillaBertConfig(vocab_size=len(tokenizer), pad_token_id=tokenizer.pad_token_id,
-                                   **args.model_size())
         model = VanillaBertForMaskedLM(config)
-    if args.block_size > model.config.max_position_embeddings:
-        raise ValueError(f"--block_size {args.block_size} exceeds the model's max_position_embeddings "
-                         f"({model.config.max_position_embeddings})")
     model.config.sparse_prediction = args.sparse_prediction
     return model
 
@@ -256,33 +369,47 @@ def get_model(args: PretrainArguments, tokenizer) -> VanillaBertForMaskedLM:
 
 def main(args: PretrainArguments, loop: LoopArguments):
     if loop.average_last != 1:
-        raise ValueError("--average_last: checkpoint averaging is offered by train_translation.py only")
+        raise ArgumentError("--average_last: checkpoint averaging is offered by train_translation.py only")
     accelerator = make_accelerator(loop)
     output_dir = Path(loop.output_dir)
     set_seed(loop.seed)
 
+    # What can be checked before any data is read: the model arguments, the files, the output folder, and --resume
+    # against the checkpoint's arguments.
+    model_config(args)
+    for option in ("train_file", "validation_file"):
+        path = getattr(args, option)
+        if path and not Path(path).is_file():
+            raise DataFileNotFoundError(f"--{option} {path}: no such file" + (" (it is a folder)" if Path(path).is_dir()
+                                                                             else ""))
+    arguments = {**asdict(args), **asdict(loop)}
+    resume = prepare_output_dir(accelerator, loop, arguments)
+
     with accelerator.main_process_first():  # the other processes then read what the main one wrote
         texts = load_texts(args)
-        tokenizer = get_tokenizer(args, texts["train"], output_dir)
+        tokenizer = get_tokenizer(args, texts, output_dir, resume, accelerator.is_main_process)
         blocks = {split: tokenize_blocks(texts[split], tokenizer, args.block_size, args.whole_word_mask)
                   for split in ("train", "validation")}
     validation_batches = masked_validation_batches(blocks["validation"], tokenizer, args, seed=loop.seed)
+    masked = sum(int((b["labels"] != -100).sum()) for b in validation_batches)
+    if masked == 0:
+        raise DataError(f"the validation text ({args.validation_file or args.dataset_name}) gives no masked token "
+                        f"to score ({sum(blocks['validation']['length']):,} tokens, --mlm_probability "
+                        f"{args.mlm_probability}): give more validation text")
     lengths = list(blocks["train"]["length"])
 
     model = get_model(args, tokenizer)
-    learning_rate = loop.learning_rate or paper_learning_rate(model.config.hidden_size, loop.warmup_steps)
+    learning_rate = peak_learning_rate(loop, paper_learning_rate(model.config.hidden_size, loop.warmup_steps))
     optimizer, scheduler = make_optimizer(model, loop, learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.print(
         f"{len(texts['train'])} training documents -> {len(lengths)} blocks, {sum(lengths)} tokens; validation "
-        f"{len(blocks['validation'])} blocks, {sum(int((b['labels'] != -100).sum()) for b in validation_batches)} "
-        f"masked tokens; model: {accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak "
+        f"{len(blocks['validation'])} blocks, {masked} masked tokens; model: "
+        f"{accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak "
         f"learning rate {learning_rate:.2e}; global batch = {accelerator.num_processes} processes x "
         f"{loop.gradient_accumulation_steps} micro-batches x {args.batch_size} blocks"
     )
-    arguments = {**asdict(args), **asdict(loop)}
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
     if loop.report_to:
         accelerator.init_trackers("pretrain_mlm", config={k: v for k, v in arguments.items()
@@ -301,17 +428,24 @@ def main(args: PretrainArguments, loop: LoopArguments):
         count_tokens=lambda batch: batch["attention_mask"].sum(),  # the labels are a subset of the inputs
         evaluate=evaluate,
         signature={"block_size": args.block_size, "batch_size": args.batch_size, "train_blocks": len(lengths),
-                   "train_tokens": sum(lengths)},
+                   "train_tokens": sum(lengths), "tokenizer": tokenizer_fingerprint(tokenizer)},
     )
-    outcome = train(accelerator, model, optimizer, scheduler, task, loop)
+    outcome = train(accelerator, model, optimizer, scheduler, task, loop, arguments)
     if not outcome.completed:
         accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
                           "the same command and --resume")
         accelerator.end_training()
         return outcome
     if accelerator.is_main_process:
-        final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
-        (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+        try:
+            final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
+            (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+        except Exception as error:  # a full disk: OSError, or safetensors' error without a file name
+            raise CheckpointError(
+                f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
+                f"trained weights are in {outcome.checkpoint}: free some space, then run the same command with "
+                "--resume to write final/"
+            ) from error
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         accelerator.print(f"validation ({args.validation_file or args.dataset_name}): loss "
                           f"{outcome.metrics['val_loss']:.4f} per masked token, perplexity "
@@ -329,6 +463,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopAr
 
 
 if __name__ == "__main__":
-    outcome = main(*parse_args())
+    with errors_without_traceback():
+        outcome = main(*parse_args())
     if outcome.stop_reason == "interrupted":
         sys.exit(130)

@@ -10,16 +10,20 @@ columns of a `datasets` dataset (a field of a dict column is "column.field", e.g
     python scripts/train_tokenizer.py --kind wordpiece --vocab_size 30522 --output_dir outputs/wiki/tokenizer \\
         --dataset_name wikitext --dataset_config wikitext-103-raw-v1 --columns text
 
-train_translation.py takes the folder with --tokenizer (without it, it trains a joint BPE itself).
+train_translation.py takes the folder with --tokenizer (without it, it trains a joint BPE itself). Files that are
+missing, empty or blank, not UTF-8 or a broken .gz are errors naming the file (and the line); a vocabulary that
+comes out smaller than --vocab_size is a warning with the counts.
 """
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-import datasets
 from transformers import HfArgumentParser
 
-from translation_data import open_text
+from trainer_utils import ArgumentError, errors_without_traceback
+from translation_data import DataError, DataFileNotFoundError, DataWarning, load_dataset_split, text_lines
 from vanilla_transformer.tokenization import train_bpe_tokenizer
 
 
@@ -40,24 +44,28 @@ class TokenizerArguments:
 
     def __post_init__(self):
         if self.kind not in ("bpe", "wordpiece"):
-            raise ValueError(f"--kind {self.kind!r}: choose bpe or wordpiece")
+            raise ArgumentError(f"--kind {self.kind!r}: choose bpe or wordpiece")
         if bool(self.files) == bool(self.dataset_name):
-            raise ValueError("give either --files or --dataset_name")
+            raise ArgumentError("give either --files or --dataset_name")
         if self.kind == "bpe" and self.lowercase is not None:
-            raise ValueError("--lowercase applies to wordpiece; the BPE keeps case (detokenized, cased BLEU needs it)")
+            raise ArgumentError("--lowercase applies to wordpiece; the BPE keeps case (detokenized, cased BLEU needs it)")
+        special = 4 if self.kind == "bpe" else 5
+        if self.vocab_size <= special:
+            raise ArgumentError(f"--vocab_size {self.vocab_size}: the {self.kind} vocabulary has {special} special "
+                             "tokens; give more")
+        if self.min_frequency < 1:
+            raise ArgumentError(f"--min_frequency must be at least 1, got {self.min_frequency}")
 
 
 def texts(args: TokenizerArguments) -> Iterator[str]:
     if args.files:
         for path in args.files:
-            with open_text(path) as handle:
-                for line in handle:
-                    yield line.rstrip("\r\n")
+            yield from text_lines(path)
         return
-    table = datasets.load_dataset(args.dataset_name, args.dataset_config, split=args.split).flatten()
+    table = load_dataset_split(args.dataset_name, args.dataset_config, args.split).flatten()
     missing = [column for column in args.columns if column not in table.column_names]
     if missing:
-        raise ValueError(
+        raise DataError(
             f"{args.dataset_name} ({args.split}) has no column {missing}; its columns are {table.column_names} "
             "(a field of a dict column is 'column.field')"
         )
@@ -68,24 +76,44 @@ def texts(args: TokenizerArguments) -> Iterator[str]:
 
 
 def main(args: TokenizerArguments):
+    for path in args.files:  # before the first file is read
+        if not Path(path).is_file():
+            raise DataFileNotFoundError(f"--files {path}: no such file" + (" (it is a folder)" if Path(path).is_dir()
+                                                                           else ""))
+    source = " ".join(args.files) if args.files else f"{args.dataset_name} ({args.split}, {', '.join(args.columns)})"
+    sample = next((text for text in texts(args) if text.strip()), None)  # reads no further than the first text
+    if sample is None:
+        raise DataError(f"{source}: no text (empty, or blank lines only): nothing to train a tokenizer on")
+    counted = {"texts": 0}
+
+    def counting(source: Iterator[str]) -> Iterator[str]:
+        for text in source:
+            counted["texts"] += bool(text and text.strip())
+            yield text
+
     if args.kind == "bpe":
-        tokenizer = train_bpe_tokenizer(texts(args), vocab_size=args.vocab_size, min_frequency=args.min_frequency)
+        tokenizer = train_bpe_tokenizer(counting(texts(args)), vocab_size=args.vocab_size,
+                                        min_frequency=args.min_frequency)
     else:
         from vanilla_transformer.tokenization.wordpiece import train_wordpiece_tokenizer
 
         tokenizer = train_wordpiece_tokenizer(
-            texts(args),
+            counting(texts(args)),
             vocab_size=args.vocab_size,
             min_frequency=args.min_frequency,
             lowercase=True if args.lowercase is None else args.lowercase,
         )
+    if len(tokenizer) < args.vocab_size:
+        warnings.warn(f"the {args.kind} tokenizer has {len(tokenizer):,} tokens, not --vocab_size {args.vocab_size:,}: "
+                      f"its {counted['texts']:,} texts have too few distinct pieces for that vocabulary", DataWarning,
+                      stacklevel=2)
     tokenizer.save_pretrained(args.output_dir)
-    sample = next(texts(args), "")
     print(f"{args.kind}: {len(tokenizer)} tokens, saved to {args.output_dir}")
     print(f"  {sample[:80]!r} -> {tokenizer.tokenize(sample)[:20]}")
     return tokenizer
 
 
 if __name__ == "__main__":
-    (arguments,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses()
-    main(arguments)
+    with errors_without_traceback():
+        (arguments,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses()
+        main(arguments)

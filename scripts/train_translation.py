@@ -22,10 +22,16 @@ The same command runs on one GPU, or on several processes (the global batch is m
 gradient_accumulation_steps):
     accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...                   # 2 GPUs
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPUs
-Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume.
+Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume: a resumed run keeps
+every argument that shapes training (a different --learning_rate, model size, data or seed is refused, naming it);
+when to stop, logging, saving and the evaluation settings (--num_beams, --length_penalties, --eval_batch_size) may
+change. Arguments, data files and the output folder are checked before any data is read; bad data (not UTF-8, a
+ragged TSV line, a JSON line of the wrong type) is an error naming the file and the line, and dropped pairs are
+counted in a warning.
 """
 
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,18 +42,37 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 
 from evaluate_translation import load_metrics, score, translate
 from trainer_utils import (
+    ArgumentError,
+    CheckpointError,
     LoopArguments,
+    ResumePoint,
     TrainingTask,
     average_checkpoints,
+    check_fraction,
+    check_positive,
+    check_tokenizer,
+    errors_without_traceback,
     make_accelerator,
     make_optimizer,
     mean_loss,
     paper_learning_rate,
+    peak_learning_rate,
     plot_log,
+    prepare_output_dir,
     token_batches,
+    tokenizer_fingerprint,
     train,
 )
-from translation_data import CorpusArguments, load_parallel, pair_lengths, tokenize_pairs, trainable_pairs
+from translation_data import (
+    CorpusArguments,
+    DataError,
+    DataFileNotFoundError,
+    load_parallel,
+    pair_lengths,
+    split_files,
+    tokenize_pairs,
+    trainable_pairs,
+)
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
@@ -85,16 +110,71 @@ class TranslationArguments:
     )
     eval_batch_size: int = field(default=64, metadata={"help": "sentences per generation batch"})
 
+    def __post_init__(self):
+        for name in ("max_length", "max_tokens", "d_model", "encoder_layers", "decoder_layers", "attention_heads",
+                     "ffn_dim", "num_beams", "eval_batch_size"):
+            if getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.vocab_size <= 4:
+            raise ArgumentError(f"--vocab_size {self.vocab_size}: the joint BPE has 4 special tokens; give more")
+        if self.max_tokens < self.max_length:
+            raise ArgumentError(f"--max_tokens {self.max_tokens} is below --max_length {self.max_length}: a kept pair "
+                                "must fit in a micro-batch; raise --max_tokens or lower --max_length")
+        check_fraction(dropout=self.dropout, attention_dropout=self.attention_dropout,
+                       activation_dropout=self.activation_dropout, label_smoothing=self.label_smoothing)
+        check_positive(lr_factor=self.lr_factor)
+        if not self.length_penalties:
+            raise ArgumentError("--length_penalties: give at least one")
+
+
+# Arguments of the evaluation only: a resumed run may change them (trainer_utils.CHANGEABLE_ON_RESUME has the rest).
+EVALUATION_ONLY = ("num_beams", "length_penalties", "eval_batch_size")
+
+
+def model_config(args: TranslationArguments, tokenizer=None) -> VanillaTransformerConfig:
+    """The model's config; without a tokenizer, a stand-in vocabulary: checks the model arguments before any data
+    is read (d_model divisible by the heads, an even d_model for the sinusoids...)."""
+    special = special_token_ids(tokenizer) if tokenizer is not None else {}
+    try:
+        return VanillaTransformerConfig(
+            d_model=args.d_model,
+            encoder_layers=args.encoder_layers,
+            decoder_layers=args.decoder_layers,
+            encoder_attention_heads=args.attention_heads,
+            decoder_attention_heads=args.attention_heads,
+            encoder_ffn_dim=args.ffn_dim,
+            decoder_ffn_dim=args.ffn_dim,
+            dropout=args.dropout,
+            attention_dropout=args.attention_dropout,
+            activation_dropout=args.activation_dropout,
+            max_position_embeddings=max(1024, args.max_length + 1),
+            **special,
+        )
+    except ValueError as error:
+        raise ArgumentError(f"the model arguments do not make a model: {error}") from None
+
 
 def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments):
     accelerator = make_accelerator(loop)
     output_dir = Path(loop.output_dir)
     set_seed(loop.seed)
 
+    # What can be checked before any data is read: the model arguments, the data paths, the tokenizer folder, the
+    # output folder, and --resume against the checkpoint's arguments.
+    model_config(args)
+    for split in (args.train_split, args.validation_split):
+        split_files(split, corpus)
+    if args.tokenizer and not Path(args.tokenizer).is_dir() and (os.sep in args.tokenizer or
+                                                                 args.tokenizer.startswith(".")):
+        raise DataFileNotFoundError(f"--tokenizer {args.tokenizer}: no such folder")
+    arguments = all_arguments(args, corpus, loop)
+    resume = prepare_output_dir(accelerator, loop, arguments, changeable=EVALUATION_ONLY)
+
     with accelerator.main_process_first():  # the other processes then read the caches the main one wrote
         train_pairs = load_parallel(args.train_split, corpus)
         validation_pairs = load_parallel(args.validation_split, corpus)
-        tokenizer = get_tokenizer(args, train_pairs, output_dir)
+        tokenizer = get_tokenizer(args, train_pairs, validation_pairs, output_dir, resume,
+                                  accelerator.is_main_process)
         train_set, counts = trainable_pairs(tokenize_pairs(train_pairs, tokenizer), args.max_length)
         validation_set, validation_counts = trainable_pairs(
             tokenize_pairs(validation_pairs, tokenizer), args.max_length
@@ -103,26 +183,15 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
     accelerator.print(counts.describe(f"training pairs ({args.train_split})", args.max_length))
     accelerator.print(validation_counts.describe("validation loss", args.max_length)
                       + f"; BLEU on all {len(validation_pairs)} pairs")
+    counts.check(f"training pairs ({args.train_split})", args.max_length)
+    validation_counts.check(f"validation pairs ({args.validation_split})", args.max_length)
 
-    config = VanillaTransformerConfig(
-        d_model=args.d_model,
-        encoder_layers=args.encoder_layers,
-        decoder_layers=args.decoder_layers,
-        encoder_attention_heads=args.attention_heads,
-        decoder_attention_heads=args.attention_heads,
-        encoder_ffn_dim=args.ffn_dim,
-        decoder_ffn_dim=args.ffn_dim,
-        dropout=args.dropout,
-        attention_dropout=args.attention_dropout,
-        activation_dropout=args.activation_dropout,
-        max_position_embeddings=max(1024, args.max_length + 1),
-        **special_token_ids(tokenizer),
-    )
+    config = model_config(args, tokenizer)
     model = VanillaTransformerForConditionalGeneration(config)
     model.generation_config.num_beams = args.num_beams
     model.generation_config.length_penalty = args.length_penalties[0]
     model.generation_config.max_new_tokens = args.max_length
-    learning_rate = loop.learning_rate or paper_learning_rate(args.d_model, loop.warmup_steps, args.lr_factor)
+    learning_rate = peak_learning_rate(loop, paper_learning_rate(args.d_model, loop.warmup_steps, args.lr_factor))
     optimizer, scheduler = make_optimizer(model, loop, learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
@@ -136,10 +205,9 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
         f"global batch = {accelerator.num_processes} processes x {loop.gradient_accumulation_steps} micro-batches"
     )
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        (output_dir / "training_args.json").write_text(json.dumps(all_arguments(args, corpus, loop), indent=1) + "\n")
+        (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
     if loop.report_to:
-        accelerator.init_trackers("train_translation", config=_scalars(all_arguments(args, corpus, loop)))
+        accelerator.init_trackers("train_translation", config=_scalars(arguments))
 
     def evaluate(model_in_eval_mode) -> dict:
         return validate(accelerator, model_in_eval_mode, tokenizer, validation_set, validation_pairs, args, metrics,
@@ -153,9 +221,10 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
             **batch, smoothing=args.label_smoothing, num_items_in_batch=num_items
         ).loss,
         evaluate=evaluate,
-        signature={"max_tokens": args.max_tokens, "train_pairs": len(train_set), "train_tokens": int(lengths.sum())},
+        signature={"max_tokens": args.max_tokens, "train_pairs": len(train_set), "train_tokens": int(lengths.sum()),
+                   "tokenizer": tokenizer_fingerprint(tokenizer)},
     )
-    outcome = train(accelerator, model, optimizer, scheduler, task, loop)
+    outcome = train(accelerator, model, optimizer, scheduler, task, loop, arguments)
     if not outcome.completed:
         accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
                           "the same command and --resume")
@@ -166,9 +235,16 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
     choice = choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
                                   outcome.metrics)
     if accelerator.is_main_process:
-        final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
-        (final / "training_args.json").write_text(json.dumps(all_arguments(args, corpus, loop), indent=1) + "\n")
-        (output_dir / "validation_scores.json").write_text(json.dumps(choice, indent=1) + "\n")
+        try:
+            final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
+            (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+            (output_dir / "validation_scores.json").write_text(json.dumps(choice, indent=1) + "\n")
+        except Exception as error:  # a full disk: OSError, or safetensors' error without a file name
+            raise CheckpointError(
+                f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
+                f"trained weights are in {outcome.checkpoint}: free some space, then run the same command with "
+                "--resume to write final/"
+            ) from error
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         accelerator.print(f"saved {final} (beam {args.num_beams}, length penalty {choice['length_penalty']}, "
                           f"weights: {choice['weights']}); curves in {output_dir / 'training_curves.png'}")
@@ -177,22 +253,68 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
     return outcome
 
 
-def get_tokenizer(args: TranslationArguments, train_pairs, output_dir: Path):
-    """The given tokenizer; or the one this run trained before (resume); or a new joint BPE on the training pairs."""
+def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, output_dir: Path,
+                  resume: ResumePoint | None, is_main_process: bool = True):
+    """The given tokenizer (--tokenizer); on --resume, the one the checkpoint was trained with (output_dir/tokenizer,
+    checked against the checkpoint); else a new joint BPE on the training pairs, saved to output_dir/tokenizer (by
+    the main process; the others read it). A tokenizer from an earlier run is never reused for a new one. Refused
+    when it turns most of the text into <unk>."""
+    folder = output_dir / "tokenizer"
+    trained_here = False
     if args.tokenizer:
-        tokenizer = AutoTokenizer.from_pretrained(args.tokenizer)
+        tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
         missing = [name for name in ("pad_token", "bos_token", "eos_token") if getattr(tokenizer, name) is None]
         if missing:
-            raise ValueError(f"the tokenizer {args.tokenizer} has no {', '.join(missing)}: the decoder starts from <s> "
-                             "and stops at </s> (train one with scripts/train_tokenizer.py --kind bpe)")
-        return tokenizer
-    folder = output_dir / "tokenizer"
-    if (folder / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(folder)
-    texts = (text for row in train_pairs for text in (row["source"], row["target"]) if text)
-    tokenizer = train_bpe_tokenizer(texts, vocab_size=args.vocab_size, show_progress=False)
-    tokenizer.save_pretrained(folder)
+            raise ArgumentError(f"the tokenizer {args.tokenizer} has no {', '.join(missing)}: the decoder starts from "
+                                "<s> and stops at </s> (train one with scripts/train_tokenizer.py --kind bpe)")
+    elif resume is not None or not is_main_process:
+        if not (folder / "tokenizer.json").is_file():
+            raise CheckpointError(f"{folder} is missing: the tokenizer this run was trained with. Resume needs it; "
+                                  "start a new --output_dir")
+        tokenizer = load_tokenizer(folder, "the run's tokenizer")
+    else:
+        counted = {"texts": 0}
+
+        def texts():
+            for row in train_pairs:
+                for text in (row["source"], row["target"]):
+                    if text and text.strip():
+                        counted["texts"] += 1
+                        yield text
+
+        nothing = DataError(f"{args.train_split}: no text in its {len(train_pairs):,} pairs (every side is empty or "
+                            "blank): nothing to train on")
+        try:
+            tokenizer = train_bpe_tokenizer(texts(), vocab_size=args.vocab_size, show_progress=False)
+        except ValueError:
+            if counted["texts"] == 0:
+                raise nothing from None
+            raise
+        if counted["texts"] == 0:
+            raise nothing
+        tokenizer.save_pretrained(folder)
+        trained_here = True
+    if resume is not None:
+        resume.check_signature(tokenizer=tokenizer_fingerprint(tokenizer))
+    fix = (f"Use a tokenizer trained on text of these languages (scripts/train_tokenizer.py), or leave out "
+           "--tokenizer to train one on the training pairs" if args.tokenizer else
+           f"Its training text, {args.train_split} ({len(train_pairs):,} pairs), is too small or unlike this text: "
+           "give more training pairs")
+    check_tokenizer(tokenizer, {args.train_split: _texts(train_pairs), args.validation_split: _texts(validation_pairs)},
+                    fix, vocab_size=args.vocab_size if trained_here else None)
     return tokenizer
+
+
+def load_tokenizer(name, what: str):
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except (OSError, ValueError) as error:
+        raise ArgumentError(f"{what} {name}: no tokenizer could be loaded from it ({error})") from None
+
+
+def _texts(pairs, count: int = 1000) -> list[str]:
+    rows = pairs[:count]
+    return [text for pair in zip(rows["source"], rows["target"]) for text in pair if text]
 
 
 @torch.no_grad()
@@ -271,6 +393,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 if __name__ == "__main__":
-    outcome = main(*parse_args())
+    with errors_without_traceback():
+        outcome = main(*parse_args())
     if outcome.stop_reason == "interrupted":
         sys.exit(130)

@@ -10,10 +10,18 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
 - Loss: the task returns a token-level sum divided by the number of target items of the whole global step
   (summed over processes and micro-batches); times num_processes, since DDP averages gradients. Each step's
   gradient is then the mean over every item of the global batch, however it is split.
-- Checkpoints (`accelerator.save_state`): model, optimizer, scheduler, gradient scaler, each process's RNG state
-  and the `TrainingProgress` (epoch, step within it, global step, elapsed time). The data order is a function of
-  (seed, epoch), re-created and skipped on `--resume`, so a killed and resumed run ends with the same weights as
-  an uninterrupted one. Checkpoints are written to a temporary folder and renamed when complete.
+- Checkpoints (`Checkpoints`): model, optimizer, scheduler, gradient scaler, each process's RNG state and the
+  `TrainingProgress` (epoch, step within it, global step, elapsed time, the run's arguments), as data only:
+  safetensors and JSON, no pickle, so that resuming never runs code that a checkpoint file brings. The data order
+  is a function of (seed, epoch), re-created and skipped on `--resume`, so a killed and resumed run ends with the
+  same weights as an uninterrupted one. Checkpoints are written to a temporary folder and renamed when complete.
+- Before any data is read (`prepare_output_dir`): the output folder is writable; a fresh run does not mix with an
+  earlier run's outputs; `--resume` finds a checkpoint whose run had the same arguments (those that shape the
+  trajectory: learning rate, model, data, seed...; the stopping, logging and saving ones may change), so that what
+  `training_args.json` records is what ran.
+- Refusals and warnings: `ArgumentError`, `DataError` (translation_data.py), `CheckpointError` and
+  `TrainingError` (a loss or metric that is not finite) name the argument, file or folder and the fix; the scripts
+  print them without a traceback (`errors_without_traceback`).
 - Stops: `max_steps`, `num_epochs`, `max_train_minutes` (wall clock of the loop, evaluations included),
   `max_steps_this_run` (stop with a checkpoint, to split a job), Ctrl-C or SIGTERM (finish the step, save, stop).
   Every process stops at the same step.
@@ -32,12 +40,17 @@ torchrun's launcher with ACCELERATE_USE_CPU does it):
 
 import contextlib
 import functools
+import hashlib
+import itertools
 import json
 import logging
+import math
 import os
 import platform
+import random
 import shutil
 import signal
+import sys
 import time
 import warnings
 from collections.abc import Callable, Iterable, Sequence
@@ -48,14 +61,41 @@ import numpy as np
 import safetensors.torch
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import parse_choice_from_env, parse_flag_from_env
+from accelerate.utils import extract_model_from_parallel, parse_choice_from_env, parse_flag_from_env
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from translation_data import DataError, DataWarning
+
 # Tied weights (embeddings = output projection) are stored once in a checkpoint, as they should be; accelerate
 # warns about it at every save.
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
+
+
+class ArgumentError(ValueError):
+    """A command-line argument that cannot work; the message names it and says what would."""
+
+
+class TrainingError(RuntimeError):
+    """Training went wrong (a loss or a metric that is not finite); the message says where and what to try."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint or output folder that cannot be used: missing, corrupt, written by an incompatible run, or
+    holding an earlier run's results; or a checkpoint that could not be written."""
+
+
+@contextlib.contextmanager
+def errors_without_traceback():
+    """For a script's `__main__`: a refusal of ours (a bad argument, file, folder or checkpoint, a diverged run) is
+    printed as one message, without a traceback, and the process exits with status 1. Anything else keeps its
+    traceback: that is a bug."""
+    try:
+        yield
+    except (ArgumentError, DataError, CheckpointError, TrainingError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 @dataclass
@@ -104,16 +144,40 @@ class LoopArguments:
 
     def __post_init__(self):
         if self.max_steps is None and self.num_epochs is None and self.max_train_minutes is None:
-            raise ValueError("give at least one of --max_steps, --num_epochs, --max_train_minutes: when to stop")
+            raise ArgumentError("give at least one of --max_steps, --num_epochs, --max_train_minutes: when to stop")
         if self.average_last > self.keep_checkpoints:
-            raise ValueError(
+            raise ArgumentError(
                 f"--average_last {self.average_last} needs at least that many checkpoints kept "
                 f"(--keep_checkpoints {self.keep_checkpoints})"
             )
         for name in ("gradient_accumulation_steps", "warmup_steps", "logging_steps", "save_steps", "keep_checkpoints",
-                     "average_last"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"--{name} must be at least 1, got {getattr(self, name)}")
+                     "average_last", "max_steps", "num_epochs", "max_steps_this_run", "eval_steps"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        check_positive(max_train_minutes=self.max_train_minutes, learning_rate=self.learning_rate,
+                       adam_epsilon=self.adam_epsilon, max_grad_norm=self.max_grad_norm)
+        check_fraction(adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2)
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0):
+            raise ArgumentError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
+
+
+def check_positive(**values: float | None) -> None:
+    """Each value that is given must be a finite number above 0 (a learning rate of 0 trains nothing)."""
+    for name, value in values.items():
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ArgumentError(f"--{name} must be a number above 0, got {value}")
+
+
+def check_fraction(**values: float) -> None:
+    """Each value must be in [0, 1): a dropout, a smoothing, a beta."""
+    for name, value in values.items():
+        if not 0 <= value < 1:
+            raise ArgumentError(f"--{name} must be at least 0 and below 1, got {value}")
+
+
+def peak_learning_rate(args: "LoopArguments", default: float) -> float:
+    """--learning_rate when given (0 is refused, not replaced), else the script's rule (`default`)."""
+    return default if args.learning_rate is None else args.learning_rate
 
 
 def make_accelerator(args: LoopArguments) -> Accelerator:
@@ -135,7 +199,7 @@ def make_accelerator(args: LoopArguments) -> Accelerator:
     )
     if accelerator.mixed_precision != "no" and not accelerator.native_amp:
         # accelerate would silently train in fp32 (it has no fp16 autocast on CPU)
-        raise ValueError(f"--mixed_precision {accelerator.mixed_precision} is not available on "
+        raise ArgumentError(f"--mixed_precision {accelerator.mixed_precision} is not available on "
                          f"{accelerator.device.type}; use bf16 on CPU, fp16 or bf16 on GPU")
     args.requested_mixed_precision = requested
     args.mixed_precision = accelerator.mixed_precision
@@ -217,7 +281,7 @@ def cpu_bf16_support(assume: bool | None = None) -> CpuBf16Support:
     if assume is None and os.environ.get(ASSUME_CPU_BF16, "").strip():
         value = os.environ[ASSUME_CPU_BF16].strip()
         if value.lower() not in ("0", "1", "true", "false", "yes", "no"):
-            raise ValueError(f"{ASSUME_CPU_BF16}={value!r}: use 1 (native bf16) or 0 (none)")
+            raise ArgumentError(f"{ASSUME_CPU_BF16}={value!r}: use 1 (native bf16) or 0 (none)")
         assume, source = value.lower() in ("1", "true", "yes"), f"{ASSUME_CPU_BF16}={value}"
     if assume is None:
         return detected
@@ -260,7 +324,7 @@ def check_mixed_precision(mixed_precision: str | None, device, force_bf16: bool 
         return requested
     support = cpu_bf16_support() if support is None else support
     if requested == "fp16":
-        raise ValueError(
+        raise ArgumentError(
             "--mixed_precision fp16 is not available on cpu (accelerate has no fp16 autocast there); use "
             + ("--mixed_precision bf16 (this CPU has native bf16) or no" if support.native else
                f"--mixed_precision no (this CPU has no native bf16 either: {support.description})")
@@ -321,7 +385,7 @@ def token_batches(
     "sentence pairs were batched together by approximate sequence length" (section 5.1)."""
     lengths = np.asarray(lengths)
     if lengths.size and lengths.max() > max_tokens:
-        raise ValueError(
+        raise ArgumentError(
             f"an example of {lengths.max()} tokens does not fit in --max_tokens {max_tokens}: raise --max_tokens "
             "or lower the maximum length"
         )
@@ -354,9 +418,10 @@ def steps_for_process(
     per_step = num_processes * accumulation
     batches = list(batches)
     if sum(len(batch) for batch in batches) < per_step:
-        raise ValueError(
-            f"{sum(len(b) for b in batches)} examples cannot fill one step of {num_processes} processes x "
-            f"{accumulation} accumulated micro-batches"
+        raise DataError(
+            f"{sum(len(b) for b in batches)} training examples cannot fill one step of {num_processes} processes x "
+            f"{accumulation} accumulated micro-batches: give more training data, or use fewer processes or a lower "
+            "--gradient_accumulation_steps"
         )
     while len(batches) % per_step:
         largest = max(range(len(batches)), key=lambda i: len(batches[i]))
@@ -402,13 +467,14 @@ class TrainingTask:
 
 @dataclass
 class TrainingProgress:
-    """Where training stands; saved in every checkpoint (accelerator.register_for_checkpointing)."""
+    """Where training stands; saved in every checkpoint as progress.json."""
 
     epoch: int = 0
     step_in_epoch: int = 0  # optimizer steps already done in `epoch`
     global_step: int = 0
     train_seconds: float = 0.0
     signature: dict = field(default_factory=dict)
+    arguments: dict = field(default_factory=dict)  # the run's arguments: a resumed run must go on with the same
 
     def state_dict(self) -> dict:
         return asdict(self)
@@ -430,14 +496,114 @@ class TrainOutcome:
 
 
 # ----------------------------------------------------------------------------------------------- checkpoints
+#
+# A checkpoint folder holds data only, never pickle: `--resume` reads it with safetensors and json, which build
+# tensors, numbers and strings and run nothing, whatever a file holds.
+#   model.safetensors        the weights (as accelerate's save_state wrote them: tied weights once)
+#   optimizer.safetensors    the optimizer's state_dict; scheduler.safetensors, scaler.safetensors (fp16) likewise
+#   rng_state_<i>.safetensors  process i's random generators (Python, NumPy, torch CPU and CUDA)
+#   progress.json            epoch, step, elapsed time, the data signature, the run's arguments
+# A state_dict is stored as a safetensors file whose tensors are the state's tensors and whose metadata is the
+# rest of it in JSON, each container tagged ({"dict": [[key, value], ...]}, {"list": [...]}, {"tuple": [...]},
+# {"tensor": name}, {"ndarray": [...], "dtype": ...}) so that it comes back with the same types.
+
+PROGRESS_FILE = "progress.json"
+LEGACY_PICKLES = ("random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin")
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot be resumed from: missing, corrupt, or written by an incompatible run."""
+def _encode(value, tensors: dict):
+    if isinstance(value, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = value.detach().cpu().contiguous()
+        return {"tensor": name}
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {"dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"tuple" if isinstance(value, tuple) else "list": [_encode(v, tensors) for v in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a {type(value).__name__} cannot be stored in a checkpoint (tensors, numbers, strings only)")
+
+
+def _decode(value, tensors):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict) and len(value) in (1, 2):
+        (tag, content), *rest = value.items()
+        if tag == "tensor" and not rest:
+            return tensors.get_tensor(content)
+        if tag == "ndarray" and rest and rest[0][0] == "dtype" and np.dtype(rest[0][1]).kind in "biuf":
+            return np.asarray(content, dtype=np.dtype(rest[0][1]))  # numbers only, never Python objects
+        if tag in ("list", "tuple") and not rest and isinstance(content, list):
+            items = [_decode(v, tensors) for v in content]
+            return items if tag == "list" else tuple(items)
+        if tag == "dict" and not rest and isinstance(content, list):
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in content}
+    raise ValueError(f"unexpected entry {json.dumps(value)[:80]}")
+
+
+def save_state_file(path: Path, state) -> None:
+    """A state_dict (nested dicts, lists, tuples of tensors, numbers, strings) as one safetensors file."""
+    tensors = {}
+    metadata = {"state": json.dumps(_encode(state, tensors))}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def load_state_file(path: Path):
+    """What `save_state_file` wrote, read as data (safetensors and json: nothing in the file runs)."""
+    with safetensors.safe_open(str(path), framework="pt", device="cpu") as tensors:
+        metadata = tensors.metadata() or {}
+        if "state" not in metadata:
+            raise ValueError(f"{path.name} has no state in its metadata")
+        return _decode(json.loads(metadata["state"]), tensors)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The model's weights, tied ones once under their first name in the state_dict (as accelerate's save_state
+    wrote them: model.encoder.embed_tokens.weight, not lm_head.weight); `safetensors.torch.load_model` restores the
+    ties."""
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        storage = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        if storage not in seen:
+            seen.add(storage)
+            tensors[name] = tensor.detach().cpu().contiguous()
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _fsync(path: Path) -> None:
+    """Make a written file (or a renamed folder's entry) durable: a power cut must not leave a renamed, complete-
+    looking checkpoint with missing data."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems do not sync folders
+        pass
+    finally:
+        os.close(descriptor)
 
 
 class Checkpoints:
-    """`output_dir/checkpoints/step-N` folders written by `accelerator.save_state`."""
+    """`output_dir/checkpoints/step-N` folders (data only: see above), written complete or not at all."""
 
     def __init__(self, output_dir: str | Path, keep: int):
         self.folder = Path(output_dir) / "checkpoints"
@@ -447,58 +613,228 @@ class Checkpoints:
         """Complete checkpoints, oldest first (a save that was cut short is left in a `tmp-` folder, not listed)."""
         if not self.folder.is_dir():
             return []
-        found = [p for p in self.folder.iterdir() if p.is_dir() and p.name.startswith("step-")]
+        found = [p for p in self.folder.iterdir()
+                 if p.is_dir() and p.name.startswith("step-") and p.name.removeprefix("step-").isdigit()]
         return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
-    def save(self, accelerator: Accelerator, step: int) -> Path:
-        final = self.folder / f"step-{step}"
-        partial = self.folder / f"tmp-step-{step}"
+    def save(self, accelerator: Accelerator, model, optimizer, scheduler, progress: TrainingProgress) -> Path:
+        """Write a checkpoint of the current step. A failure to write (a full disk) removes the partial folder and
+        raises a `CheckpointError` on every process; the earlier checkpoints are left as they were."""
+        final = self.folder / f"step-{progress.global_step}"
+        partial = self.folder / f"tmp-step-{progress.global_step}"
+        failure = None
         if accelerator.is_main_process:
-            for unfinished in self.folder.glob("tmp-step-*"):  # saves that were cut short
-                shutil.rmtree(unfinished)
+            try:
+                for unfinished in self.folder.glob("tmp-step-*"):  # saves that were cut short
+                    shutil.rmtree(unfinished)
+                partial.mkdir(parents=True)
+            except OSError as error:
+                failure = error
         accelerator.wait_for_everyone()
-        accelerator.save_state(str(partial))  # every process writes its RNG state; the main one the rest
+        written = []
+        try:
+            if failure is None:
+                if accelerator.is_main_process:
+                    _save_weights(accelerator.unwrap_model(model), partial / "model.safetensors")
+                    save_state_file(partial / "optimizer.safetensors", optimizer.state_dict())
+                    save_state_file(partial / "scheduler.safetensors", scheduler.state_dict())
+                    if accelerator.scaler is not None:
+                        save_state_file(partial / "scaler.safetensors", accelerator.scaler.state_dict())
+                    (partial / PROGRESS_FILE).write_text(json.dumps(progress.state_dict(), indent=1) + "\n")
+                    written += ["model.safetensors", "optimizer.safetensors", "scheduler.safetensors",
+                                PROGRESS_FILE] + (["scaler.safetensors"] if accelerator.scaler is not None else [])
+                name = f"rng_state_{accelerator.process_index}.safetensors"
+                save_state_file(partial / name, _rng_state())
+                written.append(name)
+                for name in written:
+                    _fsync(partial / name)
+        except Exception as error:  # a full disk: OSError, or torch's / safetensors' own errors without a file name
+            failure = error
+        failed = torch.tensor(float(failure is not None), device=accelerator.device)
+        if accelerator.num_processes > 1:
+            failed = accelerator.reduce(failed, "sum")
+        if failed.item() > 0:
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            earlier = self.all()
+            reason = f"{type(failure).__name__}: {failure}" if failure is not None else "another process failed"
+            raise CheckpointError(
+                f"could not write the checkpoint {final} ({reason}). Is the disk full? "
+                + (f"The earlier checkpoint {earlier[-1]} is intact: free some space, then continue with --resume"
+                   if earlier else "There is no earlier checkpoint: free some space and start again")
+            ) from failure
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             if final.exists():
                 shutil.rmtree(final)
             partial.rename(final)  # complete, or not there at all
+            _fsync(self.folder)
             for old in self.all()[: -self.keep]:
                 shutil.rmtree(old)
         accelerator.wait_for_everyone()
         return final
 
-    def load(self, accelerator: Accelerator, checkpoint: Path, progress: TrainingProgress) -> None:
-        rng_file = checkpoint / f"random_states_{accelerator.process_index}.pkl"
+    def read_progress(self, checkpoint: Path) -> dict:
+        """The checkpoint's progress.json (before anything else is loaded: the run's arguments and signature)."""
+        path = checkpoint / PROGRESS_FILE
+        if not path.is_file():
+            if any((checkpoint / name).exists() for name in LEGACY_PICKLES):
+                raise CheckpointError(
+                    f"cannot resume from {checkpoint}: it was written by an earlier version of these scripts, in "
+                    "pickle files (random_states_0.pkl, custom_checkpoint_0.pkl, optimizer.bin), which --resume no "
+                    "longer reads: unpickling runs whatever code a file holds. Its weights are in model.safetensors; "
+                    "start a new --output_dir"
+                )
+            raise CheckpointError(f"cannot resume from {checkpoint}: it has no {PROGRESS_FILE} (cut short, or not a "
+                                  "checkpoint of these scripts); delete this folder to resume from the previous "
+                                  "checkpoint, or start a new --output_dir")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or not {"global_step", "epoch", "signature", "arguments"} <= record.keys():
+                raise ValueError("not a progress record")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: {PROGRESS_FILE} is corrupt ({error}); delete this folder to resume "
+                "from the previous checkpoint, or start a new --output_dir"
+            ) from None
+        return record
+
+    def load(self, accelerator: Accelerator, checkpoint: Path, model, optimizer, scheduler,
+             progress: TrainingProgress) -> None:
+        """Restore everything `save` wrote, after checking that the checkpoint's data signature is this run's.
+        Every file is read as data."""
+        rng_file = checkpoint / f"rng_state_{accelerator.process_index}.safetensors"
+        record = self.read_progress(checkpoint)
         if not rng_file.is_file():
-            # accelerate would skip a missing RNG state silently; the run would then not reproduce.
             raise CheckpointError(
                 f"cannot resume from {checkpoint}: it has no {rng_file.name} (written by a run with fewer processes, "
                 "or cut short); resume with the same number of processes, or start a new --output_dir"
             )
-        expected = dict(progress.signature)
+        check_signature(checkpoint, record["signature"], progress.signature)
         try:
-            torch.load(rng_file, weights_only=False)  # accelerate would skip an unreadable RNG state silently too
-            accelerator.load_state(str(checkpoint))
+            rng_state = load_state_file(rng_file)  # first: an unreadable RNG state must not pass unnoticed
+            safetensors.torch.load_model(accelerator.unwrap_model(model), str(checkpoint / "model.safetensors"))
+            optimizer.load_state_dict(load_state_file(checkpoint / "optimizer.safetensors"))
+            scheduler.load_state_dict(load_state_file(checkpoint / "scheduler.safetensors"))
+            if accelerator.scaler is not None:
+                accelerator.scaler.load_state_dict(load_state_file(checkpoint / "scaler.safetensors"))
+            _set_rng_state(rng_state)
         except Exception as error:  # any failure to read or fit the state
             raise CheckpointError(
                 f"cannot resume from {checkpoint}: {type(error).__name__}: {error}. The checkpoint is corrupt or was "
                 "written by a different model or optimizer; delete this folder to resume from the previous "
                 "checkpoint, or start a new --output_dir"
             ) from error
-        mismatched = {k: (progress.signature.get(k), v) for k, v in expected.items() if progress.signature.get(k) != v}
-        if mismatched:
-            details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in mismatched.items())
-            raise CheckpointError(
-                f"cannot resume from {checkpoint}: it was written by a run with other settings ({details}); resuming "
-                "would not reproduce that run's data order. Use the same settings, or start a new --output_dir"
-            )
+        progress.load_state_dict(record)
+
+
+def check_signature(checkpoint: Path, recorded: dict, expected: dict) -> None:
+    """The values that fix the data order (and the tokenizer) must be the checkpoint's."""
+    mismatched = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
+    if mismatched:
+        details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in mismatched.items())
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it was written by a run with other settings or data ({details}); "
+            "resuming would not reproduce that run. Use the same settings and data, or start a new --output_dir"
+        )
+
+
+# Arguments that a resumed run may change: when to stop, what to log, how often to save, how to report. Any other
+# argument shapes what training does, and a resumed run must keep it (the scripts add their evaluation-only ones).
+CHANGEABLE_ON_RESUME = frozenset({
+    "output_dir", "resume", "max_steps", "num_epochs", "max_train_minutes", "max_steps_this_run", "logging_steps",
+    "eval_steps", "save_steps", "keep_checkpoints", "average_last", "report_to", "force_bf16",
+    "requested_mixed_precision",
+})
+# What an earlier run leaves in output_dir beside checkpoints/ and final/: thrown away by a fresh run when that run
+# saved no checkpoint (nothing of it can be resumed or used).
+LEFTOVERS = ("tokenizer", "log.jsonl", "training_args.json", "training_curves.png", "validation_scores.json")
+
+
+@dataclass
+class ResumePoint:
+    checkpoint: Path
+    record: dict  # its progress.json
+
+    def check_signature(self, **expected) -> None:
+        """Check part of the data signature early (e.g. the tokenizer, before tokenizing the data with it)."""
+        check_signature(self.checkpoint, self.record["signature"], expected)
+
+
+def prepare_output_dir(accelerator: Accelerator, args: LoopArguments, arguments: dict,
+                       changeable: Iterable[str] = ()) -> ResumePoint | None:
+    """Check `--output_dir` before any data is read, and return where `--resume` starts (None: a fresh run).
+
+    - The folder must be writable (made if missing).
+    - A fresh run refuses a folder with checkpoints or a final model of an earlier run, and throws away the
+      leftovers of an earlier run that saved no checkpoint (its tokenizer, log, arguments), saying so.
+    - `--resume` needs a checkpoint whose run had the same `arguments`, but for the changeable ones
+      (CHANGEABLE_ON_RESUME and `changeable`), the same number of processes, and a stop that is not behind it."""
+    output_dir = Path(args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}-{accelerator.process_index}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ArgumentError(f"--output_dir {output_dir} cannot be written ({type(error).__name__}: "
+                            f"{error.strerror or error}): choose a folder you can write to") from None
+    checkpoints = Checkpoints(output_dir, args.keep_checkpoints)
+    if args.resume:
+        if not checkpoints.all():
+            raise CheckpointError(f"--resume: no checkpoint in {checkpoints.folder}")
+        latest = checkpoints.all()[-1]
+        record = checkpoints.read_progress(latest)
+        _check_resumed_arguments(latest, record, arguments, CHANGEABLE_ON_RESUME | set(changeable))
+        check_signature(latest, record["signature"], {"num_processes": accelerator.num_processes})
+        for name, unit, done in (("max_steps", "step", record["global_step"]), ("num_epochs", "epoch", record["epoch"])):
+            limit = getattr(args, name)
+            if limit is not None and done > limit:
+                raise ArgumentError(
+                    f"--{name} {limit}: the checkpoint {latest} is already at {unit} {done}; give --{name} {done} or "
+                    f"more to continue it (its final model is in {output_dir / 'final'} if that run completed)"
+                )
+        return ResumePoint(latest, record)
+    if checkpoints.all():
+        raise CheckpointError(
+            f"{checkpoints.folder} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+            "another --output_dir"
+        )
+    finals = sorted(p.name for p in output_dir.glob("final*") if p.is_dir())
+    if finals:
+        raise CheckpointError(
+            f"{output_dir} holds {', '.join(finals)}: the model of an earlier run (its checkpoints are gone). A new "
+            "run there would leave it beside the new one: choose another --output_dir, or move it away"
+        )
+    leftovers = [output_dir / name for name in LEFTOVERS if (output_dir / name).exists()]
+    leftovers += sorted(checkpoints.folder.glob("tmp-step-*")) if checkpoints.folder.is_dir() else []
+    accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+    if leftovers and accelerator.is_main_process:
+        for path in leftovers:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        warnings.warn(f"{output_dir}: removed the leftovers of an earlier run that saved no checkpoint "
+                      f"({', '.join(p.name for p in leftovers)}); this run makes its own", DataWarning, stacklevel=2)
+    accelerator.wait_for_everyone()
+    return None
+
+
+def _check_resumed_arguments(checkpoint: Path, record: dict, arguments: dict, changeable: set[str]) -> None:
+    recorded = record["arguments"]
+    now = json.loads(json.dumps(arguments))  # as JSON has it: tuples are lists
+    changed = [name for name in now if name not in changeable and name in recorded and recorded[name] != now[name]]
+    if changed:
+        details = "; ".join(f"--{name}: checkpoint {recorded[name]!r}, now {now[name]!r}" for name in changed)
+        raise CheckpointError(
+            f"cannot resume from {checkpoint} with other settings ({details}): a resumed run goes on as it started "
+            "(training_args.json records what ran). Resume with the checkpoint's values, or start a new "
+            "--output_dir for the new ones"
+        )
 
 
 @torch.no_grad()
 def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> None:
-    """Set the model's weights to the mean of the checkpoints' (the paper averages the last 5, section 6.1).
-    `model` is the prepared model the checkpoints were saved from."""
+    """Set the model's weights to the mean of the checkpoints' (the paper averages the last 5, section 6.1)."""
+    model = extract_model_from_parallel(model)
     total = None
     for checkpoint in checkpoints:
         safetensors.torch.load_model(model, checkpoint / "model.safetensors")  # resolves tied weights
@@ -510,6 +846,39 @@ def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> 
                 total[key] += state[key].float()
     dtypes = {k: v.dtype for k, v in model.state_dict().items()}
     model.load_state_dict({k: (v / len(checkpoints)).to(dtypes[k]) for k, v in total.items()}, strict=False)
+
+
+# ----------------------------------------------------------------------------------------------- tokenizers
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    """A hash of the tokenizer's full definition (vocabulary, merges, normalisation, special tokens)."""
+    return hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest()[:16]
+
+
+def check_tokenizer(tokenizer, texts: dict[str, Iterable[str]], fix: str, vocab_size: int | None = None,
+                    sample: int = 2000) -> None:
+    """Refuse a tokenizer that was not made for this text: one that turns half or more of the tokens of the first
+    `sample` texts of any source into the unknown token (`DataError`); warn with the counts above 1%. With
+    `vocab_size` (a tokenizer trained here): warn when the vocabulary came out smaller than asked."""
+    if vocab_size is not None and len(tokenizer) < vocab_size:
+        warnings.warn(f"the tokenizer has {len(tokenizer):,} tokens, not --vocab_size {vocab_size:,}: its training "
+                      f"text has too few distinct pieces for that vocabulary", DataWarning, stacklevel=2)
+    unknown_id = tokenizer.unk_token_id
+    if unknown_id is None:
+        return
+    for where, source in texts.items():
+        batch = [text for text in itertools.islice(source, sample) if text and text.strip()]
+        ids = tokenizer(batch, add_special_tokens=False, verbose=False)["input_ids"] if batch else []
+        total, unknown = sum(map(len, ids)), sum(row.count(unknown_id) for row in ids)
+        if not total:
+            continue
+        counts = (f"{unknown:,} of the {total:,} tokens of the first {len(batch):,} texts of {where} "
+                  f"({100 * unknown / total:.1f}%) become {tokenizer.unk_token}")
+        if unknown >= total / 2:
+            raise DataError(f"the tokenizer ({len(tokenizer):,} tokens) was not made for this text: {counts}. {fix}")
+        if unknown > total / 100:
+            warnings.warn(f"the tokenizer does not cover all of the text: {counts}", DataWarning, stacklevel=2)
 
 
 @torch.no_grad()
@@ -525,6 +894,9 @@ def mean_loss(accelerator: Accelerator, model: torch.nn.Module, batches: Iterabl
             totals[0] += model(**batch, num_items_in_batch=1).loss.float()  # num_items_in_batch=1: the sum
         totals[1] += (batch["labels"] != -100).sum()
     totals = accelerator.reduce(totals, "sum")
+    if totals[1] == 0:
+        raise DataError("the validation data gives no item to score (no target or masked token): give more "
+                        "validation data")
     return (totals[0] / totals[1]).item()
 
 
@@ -622,20 +994,24 @@ class StopSignals:
 
 
 def train(
-    accelerator: Accelerator, model, optimizer, scheduler, task: TrainingTask, args: LoopArguments
+    accelerator: Accelerator, model, optimizer, scheduler, task: TrainingTask, args: LoopArguments,
+    arguments: dict | None = None,
 ) -> TrainOutcome:
-    """Train the prepared `model` (`accelerator.prepare(model, optimizer, scheduler)` done by the caller)."""
+    """Train the prepared `model` (`accelerator.prepare(model, optimizer, scheduler)` done by the caller).
+    `arguments`: the run's arguments, recorded in every checkpoint (checked on --resume by `prepare_output_dir`)."""
     progress = TrainingProgress(signature={**task.signature, "num_processes": accelerator.num_processes,
                                            "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                                           "seed": args.seed})
-    accelerator.register_for_checkpointing(progress)
+                                           "seed": args.seed},
+                                arguments=json.loads(json.dumps(arguments or {})))
     checkpoints = Checkpoints(args.output_dir, args.keep_checkpoints)
     log = JsonLinesLog(Path(args.output_dir) / "log.jsonl", enabled=accelerator.is_main_process)
     if args.resume:
         if not checkpoints.all():
             raise CheckpointError(f"--resume: no checkpoint in {checkpoints.folder}")
         latest = checkpoints.all()[-1]
-        checkpoints.load(accelerator, latest, progress)
+        arguments_now = progress.arguments
+        checkpoints.load(accelerator, latest, model, optimizer, scheduler, progress)
+        progress.arguments = arguments_now  # the changeable ones as this run has them (the others are the same)
         accelerator.print(f"resumed from {latest}: epoch {progress.epoch}, step {progress.global_step}")
         log.start(resumed_at_step=progress.global_step)
     else:
@@ -647,15 +1023,23 @@ def train(
         log.start(resumed_at_step=None)
 
     window = {"loss": torch.zeros((), device=accelerator.device), "tokens": torch.zeros((), device=accelerator.device),
-              "steps": 0, "start": time.monotonic()}
+              "nonfinite": torch.zeros((), device=accelerator.device), "steps": 0, "start": time.monotonic()}
     seconds_before, run_start, steps_this_run = progress.train_seconds, time.monotonic(), 0
     last_saved = progress.global_step if args.resume else None
     last_eval = {}
     bar = tqdm(total=args.max_steps, initial=progress.global_step, unit="step", dynamic_ncols=True,
                disable=not accelerator.is_local_main_process, desc="training")
+
+    def save_checkpoint():
+        _check_finite_loss(accelerator, window, progress, checkpoints, args)  # never save a diverged model
+        progress.train_seconds = seconds_before + time.monotonic() - run_start
+        checkpoints.save(accelerator, model, optimizer, scheduler, progress)
+
     model.train()
     with StopSignals() as signals:
         stop_reason = _stop_reason(accelerator, args, progress, steps_this_run, signals)
+        if stop_reason is None and args.resume:
+            _set_aside_final(accelerator, Path(args.output_dir), progress.global_step)
         while stop_reason is None:
             batches = task.epoch_batches(progress.epoch)
             steps = steps_for_process(batches, accelerator.num_processes, accelerator.process_index,
@@ -679,6 +1063,7 @@ def train(
                 bar.update()
 
                 if progress.global_step % args.logging_steps == 0:
+                    _check_finite_loss(accelerator, window, progress, checkpoints, args)
                     epochs_done = progress.epoch + progress.step_in_epoch / len(steps)  # 1.0 = end of epoch 0
                     record = _window_record(accelerator, progress, window, epochs_done)
                     log.write(record)
@@ -690,8 +1075,7 @@ def train(
                     last_eval.update(step=progress.global_step,
                                      metrics=_evaluate(accelerator, model, task, progress, log))
                 if progress.global_step % args.save_steps == 0:
-                    progress.train_seconds = seconds_before + time.monotonic() - run_start
-                    checkpoints.save(accelerator, progress.global_step)
+                    save_checkpoint()
                     last_saved = progress.global_step
                 window["start"] += time.monotonic() - pause  # tokens/s counts training time only
 
@@ -702,7 +1086,7 @@ def train(
     bar.close()
 
     if last_saved != progress.global_step:
-        checkpoints.save(accelerator, progress.global_step)
+        save_checkpoint()
     completed = stop_reason not in ("interrupted", "--max_steps_this_run")
     accelerator.print(f"training stopped at step {progress.global_step} (epoch {progress.epoch}): {stop_reason}; "
                       f"{progress.train_seconds / 60:.1f} min of training in all")
@@ -713,6 +1097,36 @@ def train(
                         checkpoints.all()[-1], last_eval.get("metrics", {}) if completed else {})
 
 
+def _set_aside_final(accelerator, output_dir: Path, step: int) -> None:
+    """A resumed run that trains on makes final/ of the run it continues stale: keep it, as final-step-N, rather
+    than leave it beside the newer checkpoints as if it were their model (or overwrite it at the end)."""
+    final = output_dir / "final"
+    if accelerator.is_main_process and final.is_dir():
+        kept = output_dir / f"final-step-{step}"
+        suffix = 1
+        while kept.exists():
+            kept, suffix = output_dir / f"final-step-{step}-{suffix}", suffix + 1
+        final.rename(kept)
+        accelerator.print(f"{final} held the model of step {step}; training goes on, so it is kept as {kept}")
+    accelerator.wait_for_everyone()
+
+
+def _check_finite_loss(accelerator, window, progress, checkpoints, args) -> None:
+    """A training loss that is nan or inf: stop, before anything of the diverged model is saved."""
+    bad = window["nonfinite"].clone()
+    if accelerator.num_processes > 1:
+        bad = accelerator.reduce(bad, "sum")
+    if bad.item() > 0:
+        earlier = checkpoints.all()
+        raise TrainingError(
+            f"the training loss was nan or inf at step {progress.global_step} or before: the model diverged, and "
+            "nothing of it was saved. "
+            + (f"The last checkpoint saved before it is {earlier[-1]}. " if earlier else "")
+            + f"Lower --learning_rate{f' (now {args.learning_rate})' if args.learning_rate else ''}, keep "
+            "--max_grad_norm, or check the data for broken examples"
+        )
+
+
 def _to_device(batch: dict, device) -> dict:
     return {key: value.to(device) for key, value in batch.items()}
 
@@ -720,20 +1134,23 @@ def _to_device(batch: dict, device) -> dict:
 def _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_batches, window) -> None:
     local_items = sum(task.count_items(batch) for batch in step_batches)
     global_items = accelerator.reduce(torch.as_tensor(local_items, device=accelerator.device).float(), "sum")
+    step_loss = torch.zeros((), device=accelerator.device)
     for i, batch in enumerate(step_batches):
         last = i == len(step_batches) - 1
         # Gradients are all-reduced once per step, on the last micro-batch.
         with contextlib.nullcontext() if last else accelerator.no_sync(model):
             loss = task.loss(model, batch, global_items) * accelerator.num_processes  # DDP averages; undo it
             accelerator.backward(loss)
-        window["loss"] += loss.detach() / accelerator.num_processes
+        step_loss += loss.detach() / accelerator.num_processes
         window["tokens"] += task.count_tokens(batch)
+    window["loss"] += step_loss
     if args.max_grad_norm is not None:
         window["grad_norm"] = accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
     window["lr"] = scheduler.get_last_lr()[0]  # the rate of this step
     optimizer.step()
     if not accelerator.optimizer_step_was_skipped:  # fp16 overflow: the step did not happen
         scheduler.step()
+        window["nonfinite"] += ~torch.isfinite(step_loss)  # no synchronisation: checked when logged or saved
     optimizer.zero_grad(set_to_none=True)
     window["steps"] += 1
 
@@ -757,6 +1174,13 @@ def _evaluate(accelerator, model, task, progress, log) -> dict:
     model.eval()
     metrics = task.evaluate(model)
     model.train()
+    broken = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if broken:
+        raise TrainingError(
+            f"validation at step {progress.global_step}: {', '.join(f'{k} {v}' for k, v in broken.items())}: the "
+            "model diverged or the validation data scores nothing; nothing of it was saved as final. Lower "
+            "--learning_rate, or check the validation data"
+        )
     record = {"step": progress.global_step, **metrics}
     log.write(record)
     accelerator.log(metrics, step=progress.global_step)
@@ -789,8 +1213,20 @@ __all__ = [
     "LoopArguments",
     "TrainingTask",
     "TrainOutcome",
+    "ArgumentError",
     "CheckpointError",
+    "TrainingError",
+    "errors_without_traceback",
+    "check_positive",
+    "check_fraction",
+    "peak_learning_rate",
+    "prepare_output_dir",
+    "ResumePoint",
     "Checkpoints",
+    "save_state_file",
+    "load_state_file",
+    "tokenizer_fingerprint",
+    "check_tokenizer",
     "make_accelerator",
     "check_mixed_precision",
     "cpu_bf16_support",

@@ -3,14 +3,20 @@
 
 `load_parallel(split, corpus)` gives a `datasets.Dataset` with columns `source` and `target`; `tokenize_pairs`
 adds token ids (cached on disk by `datasets.map`, keyed by the data and the tokenizer); `trainable_pairs` drops
-pairs with an empty side or longer than the maximum length, and says how many.
+pairs with an empty side or longer than the maximum length, and says how many (`PairCounts.check`: a warning with
+the counts, an error when nothing is left). A file that cannot be read as it should (missing, empty, not UTF-8, a
+truncated .gz, a ragged TSV line, a JSON line that is no object or holds a number where the text should be) is a
+`DataError` naming the file and the line; the files are read by our own readers (`text_lines`), not by datasets'
+generic loaders, whose errors name neither.
 """
 
-import csv
 import gzip
 import hashlib
 import itertools
 import json
+import warnings
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -39,25 +45,54 @@ def babel_pairs(source_lang: str = "de", target_lang: str = "en") -> list[tuple[
     return sorted({(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()})
 
 
-def open_text(path: str | Path):
-    """A text file, gzip-compressed if it ends in .gz. Lines end at "\\n" only: a stray "\\r" or Unicode line
-    separator inside a sentence must not split it (that would misalign a parallel corpus)."""
+class DataError(ValueError):
+    """A data file or dataset that cannot be used as it is. The message names the file (and the line) and the fix."""
+
+
+class DataFileNotFoundError(DataError, FileNotFoundError):
+    """A data file that is not there."""
+
+
+class DataWarning(UserWarning):
+    """Data that was dropped or that looks wrong, with counts."""
+
+
+def text_lines(path: str | Path) -> Iterator[str]:
+    """The lines of a UTF-8 text file, gzip-compressed if it ends in .gz, without their line ends. Lines end at "\\n"
+    only: a stray "\\r" or Unicode line separator inside a sentence must not split it (that would misalign a
+    parallel corpus). A byte-order mark opening the file is dropped. Bytes that are not UTF-8, or a truncated or
+    corrupt .gz: a `DataError` naming the file and the line."""
     path = Path(path)
-    if path.suffix == ".gz":
-        return gzip.open(path, "rt", encoding="utf-8", newline="\n")
-    return open(path, encoding="utf-8", newline="\n")
+    if not path.is_file():
+        raise DataFileNotFoundError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+    number = 0
+    try:
+        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
+            for number, raw in enumerate(handle, start=1):  # binary lines end at b"\n" only
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as error:
+                    raise DataError(
+                        f"{path}, line {number}: byte 0x{raw[error.start]:02x} (byte {error.start + 1} of the line) "
+                        "is not UTF-8. The file must be UTF-8 text: convert it (e.g. iconv -f latin1 -t utf-8)"
+                    ) from None
+                yield (line.removeprefix("\ufeff") if number == 1 else line).rstrip("\r\n")
+    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
+        raise DataError(
+            f"{path}: cannot decompress it after line {number} ({type(error).__name__}: {error}): the .gz is "
+            "truncated or corrupt, or not gzip at all. Compress it again (or download it again), or drop the .gz suffix"
+        ) from None
 
 
 def read_lines(path: str | Path) -> list[str]:
-    with open_text(path) as handle:
-        return [line.rstrip("\r\n") for line in handle]
+    return list(text_lines(path))
 
 
 def file_pairs(source_file: str | Path, target_file: str | Path) -> list[tuple[str, str]]:
     """One sentence per line in each file, line i of one the translation of line i of the other."""
     sources, targets = read_lines(source_file), read_lines(target_file)
     if len(sources) != len(targets):
-        raise ValueError(
+        raise DataError(
             f"{source_file} has {len(sources)} lines but {target_file} has {len(targets)}: parallel files must "
             "be aligned line by line"
         )
@@ -79,94 +114,216 @@ class CorpusArguments:
     target_column: str | None = field(default=None, metadata={"help": "column of the target text"})
 
 
-def load_parallel(split: str, corpus: CorpusArguments) -> datasets.Dataset:
-    """The pairs of one split, as a Dataset with columns `source` and `target`. `split` is:
-    - with --dataset_name: a split name of that dataset (train, validation, test);
-    - a .tsv (with a header line naming the columns) or .jsonl / .json file, .gz accepted;
-    - otherwise a path prefix of one file per language: `{split}.{lang}` or `{split}.{lang}.gz`,
-      e.g. data/multi30k/train for train.de.gz and train.en.gz."""
+def split_files(split: str, corpus: CorpusArguments) -> list[Path]:
+    """The files a split is read from (none for a --dataset_name split), checked to exist: called before any data
+    is read, so that a wrong validation path fails at once, not after the training data was loaded."""
     if corpus.dataset_name:
-        table = datasets.load_dataset(corpus.dataset_name, corpus.dataset_config, split=split)
-    elif split.removesuffix(".gz").endswith(".tsv"):
-        table = _load_tsv(split)
-    elif split.removesuffix(".gz").endswith((".jsonl", ".json")):
-        table = datasets.load_dataset("json", data_files=split, split="train")
-    else:
-        return _load_line_aligned(split, corpus)
-    return _source_and_target(table, corpus, where=f"{corpus.dataset_name or ''} {split}".strip())
-
-
-def _load_tsv(path: str) -> datasets.Dataset:
-    with open_text(path) as handle:
-        header = handle.readline().rstrip("\r\n").split("\t")
-    return datasets.load_dataset(
-        "csv",
-        data_files=path,
-        split="train",
-        delimiter="\t",
-        quoting=csv.QUOTE_NONE,  # quotes are text, not field delimiters
-        keep_default_na=False,  # "NA", "null", "nan" are words, not missing values
-        na_filter=False,
-        features=datasets.Features({name: datasets.Value("string") for name in header}),  # "1984" stays text
-    )
-
-
-def _load_line_aligned(prefix: str, corpus: CorpusArguments) -> datasets.Dataset:
+        return []
+    if split.removesuffix(".gz").endswith((".tsv", ".jsonl", ".json")):
+        if not Path(split).is_file():
+            raise DataFileNotFoundError(
+                f"{split}: no such file" + (" (it is a folder)" if Path(split).is_dir() else "")
+                + "; a split is a .tsv or .jsonl file, a prefix of one file per language, or a split name with "
+                "--dataset_name"
+            )
+        return [Path(split)]
     files = []
     for lang in (corpus.source_lang, corpus.target_lang):
-        candidates = [Path(f"{prefix}.{lang}"), Path(f"{prefix}.{lang}.gz")]
+        candidates = [Path(f"{split}.{lang}"), Path(f"{split}.{lang}.gz")]
         found = next((path for path in candidates if path.is_file()), None)
         if found is None:
-            raise FileNotFoundError(
+            raise DataFileNotFoundError(
                 f"no {candidates[0]} or {candidates[1]}: a split is a prefix of one file per language "
-                f"({prefix}.{corpus.source_lang}, {prefix}.{corpus.target_lang}, .gz accepted), a .tsv or .jsonl "
+                f"({split}.{corpus.source_lang}, {split}.{corpus.target_lang}, .gz accepted), a .tsv or .jsonl "
                 "file, or a split name with --dataset_name"
             )
         files.append(found.resolve())
-    # The cache is keyed by the files' paths, sizes and modification times: an edited file is read again.
-    stamp = json.dumps([[str(f), f.stat().st_size, f.stat().st_mtime_ns] for f in files] + ["aligned-lines-1"])
+    return files
+
+
+def load_parallel(split: str, corpus: CorpusArguments) -> datasets.Dataset:
+    """The pairs of one split, as a Dataset with columns `source` and `target`. `split` is:
+    - with --dataset_name: a split name of that dataset (train, validation, test);
+    - a .tsv file (a header line naming the columns, then one pair per line, fields separated by tabs, quotes are
+      text) or a .jsonl file (one JSON object per line; .json: that, or a list of objects), .gz accepted;
+    - otherwise a path prefix of one file per language: `{split}.{lang}` or `{split}.{lang}.gz`,
+      e.g. data/multi30k/train for train.de.gz and train.en.gz.
+    A missing or null side is an empty string (such pairs are dropped and counted by `trainable_pairs`). A file
+    that cannot be read as such (not UTF-8, a ragged TSV line, a JSON line that is no object or holds a number
+    where the text should be, no pair at all): a `DataError` naming the file and the line."""
+    files = split_files(split, corpus)
+    if corpus.dataset_name:
+        table = load_dataset_split(corpus.dataset_name, corpus.dataset_config, split)
+        return _source_and_target(table, corpus, where=f"{corpus.dataset_name} ({split})")
+    if split.removesuffix(".gz").endswith(".tsv"):
+        columns = _choose_columns(_tsv_header(files[0]), corpus, where=f"{split} (line 1, the header)")
+        return _generate(_tsv_rows, files, path=str(files[0]), columns=columns)
+    if split.removesuffix(".gz").endswith((".jsonl", ".json")):
+        return _generate(_json_rows, files, path=str(files[0]), corpus=corpus)
+    return _generate(_aligned_lines, files, source_file=str(files[0]), target_file=str(files[1]))
+
+
+def load_dataset_split(name: str, config: str | None, split: str) -> datasets.Dataset:
+    """`datasets.load_dataset(name, config, split=split)`, its failures (no such dataset, split or configuration)
+    as a `DataError` naming what was asked for."""
+    try:
+        return datasets.load_dataset(name, config, split=split)
+    except (FileNotFoundError, ValueError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
+        raise DataError(f"--dataset_name {name}{f' ({config})' if config else ''}, split {split!r}: cannot load it "
+                        f"({type(error).__name__}: {error})") from None
+
+
+READER_VERSION = "2"  # bump when a reader below changes what it yields: datasets' cached copies are then not reused
+
+
+def _generate(generator, files: list[Path], **gen_kwargs) -> datasets.Dataset:
+    """Run a reader through `datasets` (an Arrow table cached on disk), keyed by the files' paths, sizes and
+    modification times and the reader's arguments: an edited file is read again. The reader's own `DataError`
+    comes out as it is, not wrapped in datasets' generic message."""
+    stamp = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+                       + [generator.__name__, repr(sorted(gen_kwargs.items())), READER_VERSION])
     try:
         return datasets.Dataset.from_generator(
-            _aligned_lines,
-            gen_kwargs={"source_file": str(files[0]), "target_file": str(files[1])},
+            generator,
+            gen_kwargs=gen_kwargs,
             features=datasets.Features({"source": datasets.Value("string"), "target": datasets.Value("string")}),
             fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:32],
         )
     except datasets.exceptions.DatasetGenerationError as error:
-        if isinstance(error.__cause__, ValueError):  # our own message, not datasets' generic one
+        if isinstance(error.__cause__, DataError):  # our own message, not datasets' generic one
             raise error.__cause__ from None
         raise
 
 
 def _aligned_lines(source_file: str, target_file: str):
-    with open_text(source_file) as sources, open_text(target_file) as targets:
-        for number, (source, target) in enumerate(itertools.zip_longest(sources, targets), start=1):
-            if source is None or target is None:
-                longer = target_file if source is None else source_file
-                raise ValueError(
-                    f"{source_file} and {target_file} have different numbers of lines ({longer} goes on at line "
-                    f"{number}): parallel files must be aligned line by line"
-                )
-            yield {"source": source.rstrip("\r\n"), "target": target.rstrip("\r\n")}
+    number = 0
+    for number, (source, target) in enumerate(
+        itertools.zip_longest(text_lines(source_file), text_lines(target_file)), start=1
+    ):
+        if source is None or target is None:
+            longer = target_file if source is None else source_file
+            raise DataError(
+                f"{source_file} and {target_file} have different numbers of lines ({longer} goes on at line "
+                f"{number}): parallel files must be aligned line by line"
+            )
+        yield {"source": source, "target": target}
+    if number == 0:
+        raise DataError(f"{source_file} and {target_file} are empty: no pairs to read")
 
 
-def _source_and_target(table: datasets.Dataset, corpus: CorpusArguments, where: str) -> datasets.Dataset:
-    table = table.flatten()  # a {"translation": {"de": ..., "en": ...}} column becomes translation.de, translation.en
+def _tsv_header(path: Path) -> list[str]:
+    header = next(text_lines(path), None)
+    if header is None or not header.strip():
+        raise DataError(f"{path}: {'empty' if header is None else 'line 1 is blank'}; a .tsv file opens with a header "
+                        "line naming its tab-separated columns (e.g. de<TAB>en)")
+    names = header.split("\t")
+    if len(set(names)) != len(names) or not all(name.strip() for name in names):
+        raise DataError(f"{path}, line 1 (the header): the column names {names} must be distinct and not empty")
+    return names
+
+
+def _tsv_rows(path: str, columns: dict[str, str]):
+    names, rows = None, 0
+    for number, line in enumerate(text_lines(path), start=1):
+        if names is None:
+            names = line.split("\t")
+            index = {side: names.index(column) for side, column in columns.items()}
+            continue
+        if not line.strip():  # a blank line: an empty pair, dropped and counted by trainable_pairs
+            rows += 1
+            yield {"source": "", "target": ""}
+            continue
+        fields = line.split("\t")
+        if len(fields) != len(names):
+            raise DataError(
+                f"{path}, line {number}: {len(fields)} tab-separated field{'s' * (len(fields) != 1)}, but the header "
+                f"(line 1) names {len(names)} columns {names}. A tab inside a sentence, or a missing field: fix the "
+                "line (an empty field is allowed: the pair is then dropped and counted)"
+            )
+        rows += 1
+        yield {side: fields[i] for side, i in index.items()}
+    if rows == 0:
+        raise DataError(f"{path}: a header line and no pairs")
+
+
+def _flatten(row: dict, prefix: str = "") -> dict:
+    """{"translation": {"de": ...}} -> {"translation.de": ...}, as `datasets.Dataset.flatten` names the fields."""
+    flat = {}
+    for key, value in row.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def _json_rows(path: str, corpus: CorpusArguments):
+    first = next((line for line in text_lines(path) if line.strip()), None)
+    if first is None:
+        raise DataError(f"{path}: no JSON object in it (the file is empty or blank)")
+    if path.removesuffix(".gz").endswith(".json") and first.lstrip().startswith("["):  # a list of objects
+        try:
+            items = json.loads("\n".join(text_lines(path)))
+        except json.JSONDecodeError as error:
+            raise DataError(f"{path}: not valid JSON ({error})") from None
+        rows = ((f"{path}, item {i}", item) for i, item in enumerate(items, start=1))
+    else:
+        rows = ((f"{path}, line {number}", line) for number, line in enumerate(text_lines(path), start=1)
+                if line.strip())
+    columns = None
+    for where, row in rows:
+        if isinstance(row, str):
+            try:
+                row = json.loads(row)
+            except json.JSONDecodeError as error:
+                raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno}); a .jsonl file holds "
+                                "one JSON object per line (a .json file: that, or one list of objects)") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{where}: a JSON {type(row).__name__}, not an object with the source and target texts")
+        row = _flatten(row)
+        if columns is None:  # the columns are chosen on the first row
+            columns = _choose_columns(list(row), corpus, where=where)
+        pair = {}
+        for side, column in columns.items():
+            value = row.get(column)
+            if value is not None and not isinstance(value, str):
+                raise DataError(f"{where}: {column!r} is a {type(value).__name__} ({json.dumps(value)[:60]}), not a "
+                                "string: write the text as a JSON string")
+            pair[side] = value
+        yield pair
+
+
+def _choose_columns(names: list[str], corpus: CorpusArguments, where: str) -> dict[str, str]:
+    """{"source": column, "target": column}: --source_column / --target_column, else the language code, else
+    translation.<code>."""
     chosen = {}
     for side, explicit, lang in (
         ("source", corpus.source_column, corpus.source_lang),
         ("target", corpus.target_column, corpus.target_lang),
     ):
         candidates = [explicit] if explicit else [lang, f"translation.{lang}"]
-        column = next((name for name in candidates if name in table.column_names), None)
+        column = next((name for name in candidates if name in names), None)
         if column is None:
-            raise ValueError(
+            raise DataError(
                 f"{where}: no {side} column {' or '.join(repr(c) for c in candidates)}; the columns are "
-                f"{table.column_names}. Name it with --{side}_column (a field of a dict column is 'column.field')"
+                f"{names}. Name it with --{side}_column (a field of a dict column is 'column.field')"
             )
         chosen[side] = column
     if chosen["source"] == chosen["target"]:
-        raise ValueError(f"{where}: source and target are the same column {chosen['source']!r}")
+        raise DataError(f"{where}: source and target are the same column {chosen['source']!r}")
+    return chosen
+
+
+def _source_and_target(table: datasets.Dataset, corpus: CorpusArguments, where: str) -> datasets.Dataset:
+    table = table.flatten()  # a {"translation": {"de": ..., "en": ...}} column becomes translation.de, translation.en
+    chosen = _choose_columns(table.column_names, corpus, where)
+    for column in chosen.values():
+        dtype = getattr(table.features[column], "dtype", type(table.features[column]).__name__)
+        if dtype not in ("string", "large_string"):
+            raise DataError(f"{where}: column {column!r} holds {dtype}, not text; choose a text column with "
+                            "--source_column / --target_column")
+    if len(table) == 0:
+        raise DataError(f"{where}: no rows")
     table = table.select_columns([chosen["source"], chosen["target"]])
     return table.rename_columns({column: side for side, column in chosen.items() if column != side})
 
@@ -221,6 +378,17 @@ class PairCounts:
             f"{name}: {self.total} pairs; dropped {self.empty} with an empty side and {self.too_long} longer than "
             f"{max_length} tokens; {self.kept} kept"
         )
+
+    def check(self, name: str, max_length: int) -> None:
+        """A `DataWarning` with the counts when pairs were dropped; a `DataError` when none is left."""
+        dropped = (f"{self.empty:,} with an empty side, {self.too_long:,} longer than --max_length {max_length} "
+                   "tokens")
+        if self.kept == 0:
+            raise DataError(f"{name}: no pair left of {self.total:,}: {dropped}. "
+                            + ("Raise --max_length" if self.too_long else "Check that both sides are filled"))
+        if self.empty or self.too_long:
+            warnings.warn(f"{name}: dropped {self.total - self.kept:,} of {self.total:,} pairs: {dropped}",
+                          DataWarning, stacklevel=2)
 
 
 def trainable_pairs(tokenized: datasets.Dataset, max_length: int) -> tuple[datasets.Dataset, PairCounts]:

@@ -103,7 +103,8 @@ def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(
         output = process.communicate(timeout=120)[0]
     (checkpoint,) = (tmp_path / "two" / "checkpoints").iterdir()
     stopped_at = int(checkpoint.name.removeprefix("step-"))
-    assert {"random_states_0.pkl", "random_states_1.pkl", "model.safetensors"} <= {p.name for p in checkpoint.iterdir()}
+    assert {"rng_state_0.safetensors", "rng_state_1.safetensors", "model.safetensors"} <= {
+        p.name for p in checkpoint.iterdir()}
     assert "interrupted: saving a checkpoint" in output, output[-3000:]
 
     launch([*argv, "--max_steps", str(stopped_at + 2), "--resume"], num_processes=2)

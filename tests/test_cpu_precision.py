@@ -239,14 +239,15 @@ def test_the_check_comes_before_any_data_is_read(monkeypatch, tmp_path, fresh_ac
     def read_data(*args, **kwargs):
         raise DataWasRead
 
+    # the files exist: the scripts check the paths before reading any data too, after the precision
     if script == "train_translation":
         monkeypatch.setattr(train_translation, "load_parallel", read_data)
-        start = lambda: run(run_args(tmp_path / "data", tmp_path / "out", "--mixed_precision", "bf16",  # noqa: E731
-                                     "--max_steps", "1"))
+        start = lambda: run(run_args(write_corpus(tmp_path / "data"), tmp_path / "out",  # noqa: E731
+                                     "--mixed_precision", "bf16", "--max_steps", "1"))
     else:
         monkeypatch.setattr(pretrain_mlm, "load_texts", read_data)
-        start = lambda: run_mlm(mlm_args(tmp_path / "data", tmp_path / "out", "--mixed_precision", "bf16",  # noqa: E731
-                                         "--max_steps", "1", *tiny_model_args()))
+        start = lambda: run_mlm(mlm_args(write_texts(tmp_path / "data"), tmp_path / "out",  # noqa: E731
+                                         "--mixed_precision", "bf16", "--max_steps", "1", *tiny_model_args()))
     with pytest.warns(CpuBf16Warning, match="Training in fp32 instead"), pytest.raises(DataWasRead):
         start()
 

@@ -8,9 +8,13 @@
 Scores are corpus-level, on detokenized cased output against the raw references (sacreBLEU's default 13a
 tokenization): the numbers that compare across papers. Beam size and length penalty default to the model's
 generation config (chosen on the validation set by train_translation.py).
+
+The model folder, the options and the output paths are checked before the test set is read and translated: a wrong
+--model_dir, a model with NaN weights, or an --output_file that cannot be written fails at once, not after the work.
 """
 
 import json
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +25,15 @@ from tqdm.auto import tqdm
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser, LogitsProcessor, LogitsProcessorList
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
-from translation_data import CorpusArguments, load_parallel
+from model_folders import (
+    check_finite_weights,
+    check_model_folder,
+    check_not_a_model_file,
+    check_tokenizer_fits,
+    check_writable_file,
+)
+from trainer_utils import ArgumentError, errors_without_traceback
+from translation_data import CorpusArguments, DataError, load_parallel
 
 METRICS_DIR = Path(__file__).resolve().parent / "metrics"
 
@@ -37,6 +49,14 @@ class EvaluationArguments:
         default=None, metadata={"help": "beam score = log-probability / length**length_penalty (default: the model's)"}
     )
     batch_size: int = field(default=64, metadata={"help": "sentences translated together"})
+
+    def __post_init__(self):
+        if self.num_beams is not None and self.num_beams < 1:
+            raise ArgumentError(f"--num_beams must be at least 1, got {self.num_beams}")
+        if self.batch_size < 1:
+            raise ArgumentError(f"--batch_size must be at least 1, got {self.batch_size}")
+        if self.length_penalty is not None and not math.isfinite(self.length_penalty):
+            raise ArgumentError(f"--length_penalty must be a finite number, got {self.length_penalty}")
 
 
 def load_metrics() -> dict:
@@ -92,15 +112,35 @@ def translate(model, tokenizer, sources: list[str], batch_size: int = 64, show_p
 
 
 def main(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
-    tokenizer = AutoTokenizer.from_pretrained(args.model_dir)
+    # Checked before the test set is read and translated; our package is imported, so our folders load with the
+    # local classes: the folder's own .py files never run.
+    folder = check_model_folder(args.model_dir, "--model_dir", encoder_decoder=True,
+                                wanted="a translation model folder (train_translation.py's final/)")
+    output = check_writable_file(args.output_file, "--output_file")
+    hypotheses_file = check_writable_file(output.with_suffix(".hyp.txt"), "--output_file")
+    languages = (corpus.source_lang, corpus.target_lang)
+    test_set = [Path(args.split)] + [Path(f"{args.split}.{lang}{gz}") for lang in languages for gz in ("", ".gz")]
+    for path in (output, hypotheses_file):
+        check_not_a_model_file(path, folder, "--output_file")
+        if any(path.resolve() == data.resolve() for data in test_set if data.is_file()):
+            raise ArgumentError(f"--output_file {args.output_file}: {path} is a file of the test set --split "
+                                f"{args.split}; name a new file")
+    tokenizer = AutoTokenizer.from_pretrained(args.model_dir, trust_remote_code=False)
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir).to(device).eval()
+    model = AutoModelForSeq2SeqLM.from_pretrained(args.model_dir, trust_remote_code=False).to(device).eval()
+    check_finite_weights(model, args.model_dir)
+    check_tokenizer_fits(tokenizer, model.config, args.model_dir)
     pairs = load_parallel(args.split, corpus)
+    if len(pairs) == 0:
+        raise DataError(f"{args.split}: no pairs to translate")
     sources = [text or "" for text in pairs["source"]]  # None: a missing value
     references = [text or "" for text in pairs["target"]]
     empty = sum(1 for s in sources if not s.strip())
     if empty:
         print(f"warning: {empty} of {len(sources)} sources are empty; they are scored as empty translations")
+    empty = sum(1 for r in references if not r.strip())
+    if empty:
+        print(f"warning: {empty} of {len(references)} references are empty; they are scored as they are")
     generation = {"num_beams": args.num_beams or model.generation_config.num_beams,
                   "length_penalty": args.length_penalty if args.length_penalty is not None
                   else model.generation_config.length_penalty}
@@ -115,10 +155,8 @@ def main(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
         "translations": [{"source": s, "reference": r, "hypothesis": h}
                          for s, r, h in zip(sources, references, hypotheses)],
     }
-    output = Path(args.output_file)
-    output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
-    output.with_suffix(".hyp.txt").write_text("".join(h + "\n" for h in hypotheses))
+    hypotheses_file.write_text("".join(h + "\n" for h in hypotheses))
     print(f"{args.split}: sacreBLEU {result['sacrebleu']} ({result['sacrebleu_signature']}), chrF {result['chrf']}; "
           f"{len(sources)} segments in {seconds:.0f} s, beam {generation['num_beams']}, "
           f"length penalty {generation['length_penalty']} -> {output}")
@@ -130,4 +168,5 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, Corp
 
 
 if __name__ == "__main__":
-    main(*parse_args())
+    with errors_without_traceback():
+        main(*parse_args())

@@ -7,16 +7,31 @@ the tokenizer, the generation config, the modeling code and a model card rendere
     python scripts/publish.py --model_dir outputs/multi30k/final --output_dir hub/multi30k-de-en \\
         --metrics_file outputs/multi30k/test_scores.json --datasets bentrevett/multi30k --language de en \\
         --push_to_hub user/vanilla-transformer-multi30k-de-en
+
+Checked before anything is written: the model folder (one of ours, finite weights), the metrics file (JSON, finite
+numbers), the output folder (new or empty, or an earlier output of this script; never the model folder) and the
+Hub repo id. Only this package's classes load the model: the folder's own .py files never run.
 """
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from huggingface_hub import HfApi, ModelCard, ModelCardData
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our classes with the Auto classes)
+from model_folders import (
+    ModelFolderError,
+    check_finite_weights,
+    check_model_folder,
+    check_not_the_model_folder,
+    check_tokenizer_fits,
+    check_writable_dir,
+)
+from trainer_utils import errors_without_traceback
 from vanilla_transformer.modeling.hub import hub_classes, save_for_hub
 
 TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
@@ -52,13 +67,53 @@ class PublishArguments:
 
 
 def load_model(model_dir: str):
-    config = AutoConfig.from_pretrained(model_dir)
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=False)
     classes = hub_classes(config.model_type)
     architecture = (config.architectures or [classes["AutoModel"].__name__])[0]
     model_class = next((cls for cls in classes.values() if cls.__name__ == architecture), None)
     if model_class is None:
         raise SystemExit(f"{model_dir}: architecture {architecture} is not one of ours ({sorted(c.__name__ for c in classes.values())})")
-    return model_class.from_pretrained(model_dir)
+    model = model_class.from_pretrained(model_dir)
+    check_finite_weights(model, model_dir)
+    return model
+
+
+def read_metrics(path: str | None) -> dict[str, float]:
+    """The top-level numbers of a JSON file of scores (evaluate_translation.py's output, or {name: value})."""
+    if path is None:
+        return {}
+    if not Path(path).is_file():
+        raise ModelFolderError(f"--metrics_file {path}: no such file")
+    try:
+        scores = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        where = f"line {error.lineno}: " if isinstance(error, json.JSONDecodeError) else ""
+        raise ModelFolderError(f"--metrics_file {path}: {where}not valid JSON ({getattr(error, 'msg', error)})"
+                               ) from None
+    if not isinstance(scores, dict):
+        raise ModelFolderError(f"--metrics_file {path} holds a JSON {type(scores).__name__}; expected an object "
+                               '{"metric name": value, ...}')
+    metrics = {name: value for name, value in scores.items()
+               if isinstance(value, (int, float)) and not isinstance(value, bool)}
+    broken = {name: value for name, value in metrics.items() if not math.isfinite(value)}
+    if broken:
+        raise ModelFolderError(f"--metrics_file {path}: {broken} is not a score to publish (the model or its "
+                               "evaluation is broken); evaluate again")
+    if not metrics:
+        print(f"warning: --metrics_file {path} has no numbers at its top level: the card gets no metrics")
+    return metrics
+
+
+def check_output_dir(output_dir: Path, model) -> None:
+    """New or empty, or an earlier output of this script (its card carries our tag); never the model folder."""
+    check_not_the_model_folder(output_dir, model, "--output_dir")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        card = output_dir / "README.md"
+        ours = card.is_file() and "vanilla-transformer" in (ModelCard.load(card).data.tags or [])
+        if not ours:
+            raise ModelFolderError(f"--output_dir {output_dir} is not empty and not an earlier output of publish.py: "
+                                   "choose a new or empty folder")
+    check_writable_dir(output_dir, "--output_dir")
 
 
 def render_card(model, args: PublishArguments, metrics: dict[str, float], repo_id: str) -> ModelCard:
@@ -114,22 +169,40 @@ def _model_index(args: PublishArguments, metrics: dict[str, float], pipeline_tag
 
 def recipe_from(model_dir: Path) -> str | None:
     """A training script's arguments, if it left them beside the model."""
-    for name in ("training_args.json", "train_args.json"):
+    for name in ("training_args.json", "train_args.json", "finetune_args.json"):
         path = model_dir / name
         if path.is_file():
-            arguments = json.loads(path.read_text())
+            try:
+                arguments = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as error:
+                print(f"warning: {path} is not valid JSON ({error}): the card's training recipe is left out")
+                return None
+            if name == "finetune_args.json":  # {"args": ..., "train_sha256": ..., "classes": ...}
+                arguments = arguments.get("args", arguments)
             return "Trained with:\n\n```json\n" + json.dumps(arguments, indent=2, sort_keys=True) + "\n```"
     return None
 
 
 def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
     model_dir, output_dir = Path(args.model_dir), Path(args.output_dir)
+    # Everything is checked before anything is written.
+    folder = check_model_folder(args.model_dir, "--model_dir", model_types=("vanilla_transformer", "vanilla_bert"),
+                                wanted="a model folder of this package (a training script's final/)")
+    if folder.path is None:
+        raise ModelFolderError(f"--model_dir {args.model_dir}: no such folder; publish.py takes a local folder")
+    if args.push_to_hub:
+        try:
+            validate_repo_id(args.push_to_hub)
+        except HFValidationError as error:
+            raise ModelFolderError(f"--push_to_hub {args.push_to_hub} is not a Hub repo id (user/name): {error}"
+                                   ) from None
+    metrics = read_metrics(args.metrics_file)
+    check_output_dir(output_dir, folder)
     args.model_name = args.model_name or model_dir.resolve().name
     args.training_recipe = args.training_recipe or recipe_from(model_dir)
-    metrics = json.loads(Path(args.metrics_file).read_text()) if args.metrics_file else {}
-    metrics = {name: value for name, value in metrics.items() if isinstance(value, (int, float))}
     model = load_model(str(model_dir))
-    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    check_tokenizer_fits(tokenizer, model.config, args.model_dir)
     save_for_hub(model, output_dir, tokenizer)
     repo_id = args.push_to_hub or f"<user>/{args.model_name}"
     render_card(model, args, metrics, repo_id).save(output_dir / "README.md")
@@ -144,7 +217,8 @@ def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
 
 def main() -> None:
     (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses()
-    publish(args)
+    with errors_without_traceback():
+        publish(args)
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ The weights are the model's own `output_attentions` (the eager kernel, dropout o
         --layer 1 --output_dir outputs/attention
     python scripts/visualize_attention.py --model_dir outputs/mlm-wikitext2/final \\
         --text "the european lobster is a species of clawed lobster ." --output_dir outputs/attention-bert
+
+Our folders load with this package's classes; a folder (or Hub id) of another model type whose code is its own
+.py files loads only with --trust_remote_code, as everywhere in transformers: that code runs on your machine.
 """
 
 import argparse
@@ -36,6 +39,15 @@ from transformers import (  # noqa: E402
     PreTrainedModel,
 )
 
+import vanilla_transformer.modeling  # noqa: E402, F401  (registers our models: our folders load without their code)
+from model_folders import (  # noqa: E402
+    check_finite_weights,
+    check_model_folder,
+    check_tokenizer_fits,
+    check_writable_dir,
+)
+from trainer_utils import ArgumentError, errors_without_traceback  # noqa: E402
+
 
 @dataclass
 class VisualizeArguments:
@@ -46,6 +58,18 @@ class VisualizeArguments:
         default=None, metadata={"help": "the translation to look at (default: the model's own, from generate())"}
     )
     layer: int | None = field(default=None, metadata={"help": "the layer to show, 1 = the first (default: the last)"})
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "run the model folder's own Python files (auto_map), for a model type this "
+                                         "package and transformers do not have; read them first"}
+    )
+
+    def __post_init__(self):
+        if not self.text.strip():
+            raise ArgumentError("--text is empty: give the sentence whose attention to show")
+        if self.target is not None and not self.target.strip():
+            raise ArgumentError("--target is empty: give the translation, or drop --target to generate one")
+        if self.layer is not None and self.layer < 1:
+            raise ArgumentError(f"--layer {self.layer}: layers are counted from 1")
 
 
 @dataclass
@@ -65,13 +89,18 @@ class AttentionMap:
         return f"{self.name}_layer{self.layer}.png"
 
 
-def load(model_dir: str) -> tuple[PreTrainedModel, object]:
+def load(model_dir: str, trust_remote_code: bool = False) -> tuple[PreTrainedModel, object]:
     """The model (the seq2seq one with its LM head, for generate(); a BERT-style encoder without a head) and its
-    tokenizer, from a Hub-ready folder."""
-    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=True)
+    tokenizer, from a Hub-ready folder or a Hub id. The folder's own code runs only with `trust_remote_code`."""
+    check_model_folder(model_dir, "--model_dir", trust_remote_code=trust_remote_code,
+                       wanted="a saved model folder with its tokenizer (a training script's final/)")
+    config = AutoConfig.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
     auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModel
-    model = auto_class.from_pretrained(model_dir, trust_remote_code=True).eval()
-    return model, AutoTokenizer.from_pretrained(model_dir, trust_remote_code=True)
+    model = auto_class.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
+    check_finite_weights(model, model_dir)
+    check_tokenizer_fits(tokenizer, model.config, model_dir)
+    return model, tokenizer
 
 
 @torch.no_grad()
@@ -83,7 +112,7 @@ def attention_maps(model, tokenizer, text: str, target: str | None = None, layer
     tokens = tokenizer.convert_ids_to_tokens(source["input_ids"][0])
     if not model.config.is_encoder_decoder:
         if target is not None:
-            raise ValueError(f"{type(model).__name__} is an encoder: it has no target side (drop --target)")
+            raise ArgumentError(f"{type(model).__name__} is an encoder: it has no target side (drop --target)")
         outputs = model(**source, output_attentions=True)
         return [attention_map("self_attention", "self-attention", outputs.attentions, layer, tokens, tokens)], None
 
@@ -116,7 +145,7 @@ def attention_map(name: str, description: str, per_layer: tuple[torch.Tensor, ..
     count = len(per_layer)
     layer = count if layer is None else layer
     if not 1 <= layer <= count:
-        raise ValueError(f"--layer {layer}: the {description} has {count} layers (1..{count})")
+        raise ArgumentError(f"--layer {layer}: the {description} has {count} layers (1..{count})")
     weights = per_layer[layer - 1][0].float().cpu().numpy()  # (H, Q, K)
     return AttentionMap(name, description, layer, count, weights, query_tokens, key_tokens)
 
@@ -147,12 +176,11 @@ def plot_attention_map(attention: AttentionMap) -> Figure:
 
 def main(args: VisualizeArguments) -> dict[Path, Figure]:
     """Writes one PNG per kind of attention; returns {path: the figure saved there}."""
-    model, tokenizer = load(args.model_dir)
+    output_dir = check_writable_dir(args.output_dir, "--output_dir")
+    model, tokenizer = load(args.model_dir, args.trust_remote_code)
     maps, target = attention_maps(model, tokenizer, args.text, args.target, args.layer)
     if target is not None:
         print(f"source: {args.text}\ntarget{'' if args.target is not None else ' (generated)'}: {target}")
-    output_dir = Path(args.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
     saved = {}
     for attention in maps:
         figure = plot_attention_map(attention)
@@ -172,4 +200,5 @@ def parse_args(argv: list[str] | None = None) -> VisualizeArguments:
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    with errors_without_traceback():
+        main(parse_args())

@@ -57,7 +57,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
-import torch
 from accelerate.utils import set_seed
 from transformers import (
     AutoConfig,
@@ -82,13 +81,13 @@ from trainer_utils import (
     peak_learning_rate,
     plot_log,
     prepare_output_dir,
+    save_final,
     token_batches,
     tokenizer_fingerprint,
     train,
 )
 from translation_data import READER_VERSION, DataError, DataFileNotFoundError, load_dataset_split, text_lines
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
-from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
 
 # A new model's size when none is given: BERT-Mini (Turc et al. 2019), small enough for a CPU.
@@ -437,15 +436,7 @@ def main(args: PretrainArguments, loop: LoopArguments):
         accelerator.end_training()
         return outcome
     if accelerator.is_main_process:
-        try:
-            final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
-            (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
-        except Exception as error:  # a full disk: OSError, or safetensors' error without a file name
-            raise CheckpointError(
-                f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
-                f"trained weights are in {outcome.checkpoint}: free some space, then run the same command with "
-                "--resume to write final/"
-            ) from error
+        final = save_final(accelerator.unwrap_model(model), tokenizer, output_dir, arguments, outcome.checkpoint)
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         accelerator.print(f"validation ({args.validation_file or args.dataset_name}): loss "
                           f"{outcome.metrics['val_loss']:.4f} per masked token, perplexity "

@@ -59,6 +59,7 @@ from trainer_utils import (
     peak_learning_rate,
     plot_log,
     prepare_output_dir,
+    save_final,
     token_batches,
     tokenizer_fingerprint,
     train,
@@ -74,7 +75,6 @@ from translation_data import (
     trainable_pairs,
 )
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
 
 
@@ -235,16 +235,8 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
     choice = choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
                                   outcome.metrics)
     if accelerator.is_main_process:
-        try:
-            final = save_for_hub(accelerator.unwrap_model(model), output_dir / "final", tokenizer)
-            (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
-            (output_dir / "validation_scores.json").write_text(json.dumps(choice, indent=1) + "\n")
-        except Exception as error:  # a full disk: OSError, or safetensors' error without a file name
-            raise CheckpointError(
-                f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
-                f"trained weights are in {outcome.checkpoint}: free some space, then run the same command with "
-                "--resume to write final/"
-            ) from error
+        final = save_final(accelerator.unwrap_model(model), tokenizer, output_dir, arguments, outcome.checkpoint,
+                           extra={"validation_scores.json": choice})
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         accelerator.print(f"saved {final} (beam {args.num_beams}, length penalty {choice['length_penalty']}, "
                           f"weights: {choice['weights']}); curves in {output_dir / 'training_curves.png'}")
@@ -296,7 +288,7 @@ def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, out
         trained_here = True
     if resume is not None:
         resume.check_signature(tokenizer=tokenizer_fingerprint(tokenizer))
-    fix = (f"Use a tokenizer trained on text of these languages (scripts/train_tokenizer.py), or leave out "
+    fix = ("Use a tokenizer trained on text of these languages (scripts/train_tokenizer.py), or leave out "
            "--tokenizer to train one on the training pairs" if args.tokenizer else
            f"Its training text, {args.train_split} ({len(train_pairs):,} pairs), is too small or unlike this text: "
            "give more training pairs")

@@ -67,6 +67,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from translation_data import DataError, DataWarning
+from vanilla_transformer.modeling.hub import save_for_hub
 
 # Tied weights (embeddings = output projection) are stored once in a checkpoint, as they should be; accelerate
 # warns about it at every save.
@@ -84,6 +85,24 @@ class TrainingError(RuntimeError):
 class CheckpointError(RuntimeError):
     """A checkpoint or output folder that cannot be used: missing, corrupt, written by an incompatible run, or
     holding an earlier run's results; or a checkpoint that could not be written."""
+
+
+def save_final(model, tokenizer, output_dir: Path, arguments: dict, checkpoint: Path, extra: dict | None = None) -> Path:
+    """The trained model as a Hub-ready `output_dir/final` with its `training_args.json`, and `extra` {file name: JSON
+    content} beside it in `output_dir`. A failure there (a full disk: OSError, or safetensors' error without a file
+    name) says where the trained weights are and how to write final/ again."""
+    try:
+        final = save_for_hub(model, output_dir / "final", tokenizer)
+        (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+        for name, content in (extra or {}).items():
+            (output_dir / name).write_text(json.dumps(content, indent=1) + "\n")
+    except Exception as error:
+        raise CheckpointError(
+            f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
+            f"trained weights are in {checkpoint}: free some space, then run the same command with --resume to write "
+            "final/"
+        ) from error
+    return final
 
 
 @contextlib.contextmanager

@@ -1,4 +1,6 @@
-"""Shared test setup: offline Hugging Face caches in a temporary folder, tiny seeded configs, shared data path.
+"""Shared test setup and fixtures: offline Hugging Face caches in a temporary folder, tiny seeded configs, the shared
+data path, a Python process without our package. Tests take what they need as fixtures (arguments), never by importing
+this file.
 
 The HF_* variables are read when transformers is imported, so they are set here, before any test imports it.
 """
@@ -6,8 +8,11 @@ The HF_* variables are read when transformers is imported, so they are set here,
 import atexit
 import os
 import shutil
+import json
+import subprocess
 import sys
 import tempfile
+import textwrap
 from pathlib import Path
 
 _CACHE = tempfile.mkdtemp(prefix="vt-hf-")
@@ -25,8 +30,6 @@ import torch  # noqa: E402
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
-sys.path.insert(0, str(Path(__file__).parent))
-
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -42,7 +45,7 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
-def tiny_transformer_config(**overrides):
+def _tiny_transformer_config(**overrides):
     from vanilla_transformer.modeling import VanillaTransformerConfig
 
     args = dict(
@@ -62,11 +65,12 @@ def tiny_transformer_config(**overrides):
 
 
 @pytest.fixture
-def tiny_config():
-    return tiny_transformer_config()
+def tiny_transformer_config():
+    """A factory: tiny_transformer_config(**overrides) -> a 2+2-layer, 32-wide VanillaTransformerConfig, dropout off."""
+    return _tiny_transformer_config
 
 
-def tiny_bert_config(**overrides):
+def _tiny_bert_config(**overrides):
     """A 2-layer, 32-wide BERT with dropout off (tests compare outputs exactly)."""
     from vanilla_transformer.modeling import VanillaBertConfig
 
@@ -83,3 +87,53 @@ def tiny_bert_config(**overrides):
     )
     args.update(overrides)
     return VanillaBertConfig(**args)
+
+
+@pytest.fixture
+def tiny_bert_config():
+    """A factory: tiny_bert_config(**overrides) -> a 2-layer, 32-wide VanillaBertConfig, dropout off."""
+    return _tiny_bert_config
+
+
+_NO_PACKAGE = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    class _NoPackage(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name == "vanilla_transformer" or name.startswith("vanilla_transformer."):
+                raise ModuleNotFoundError(f"No module named {name!r} (hidden for this test)")
+            return None
+    sys.meta_path.insert(0, _NoPackage())
+    try:
+        import vanilla_transformer  # noqa
+        raise SystemExit("vanilla_transformer should not be importable here")
+    except ModuleNotFoundError:
+        pass
+    """
+)
+
+
+def _run_without_package(code: str, cwd: str, timeout: int = 600, python: str | None = None) -> dict:
+    env = dict(os.environ)
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run(
+        [python or sys.executable, "-c", _NO_PACKAGE + textwrap.dedent(code)],
+        cwd=cwd,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if result.returncode != 0:
+        raise AssertionError(f"subprocess failed:\nSTDOUT:\n{result.stdout}\nSTDERR:\n{result.stderr[-5000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture
+def run_without_package():
+    """run_without_package(code, cwd, timeout=600, python=None) -> dict: run `code` (which prints one JSON object as
+    its last line) in a fresh Python process in which `vanilla_transformer` cannot be imported, as on a machine that
+    only has transformers (a Hub user with trust_remote_code=True); `python`: another interpreter (another
+    environment, another transformers release). Returns that object."""
+    return _run_without_package

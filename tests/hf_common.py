@@ -12,9 +12,10 @@ Without network the tests that need these files skip, and the reason names the c
 
 How they are imported: the sdist's `tests/` folder becomes a package named `hf_transformers_tests` (a name
 nothing else uses: our own `tests/` folder is on `sys.path` and a stray `tests` package is common in
-site-packages), extracted into a folder that holds nothing else, and that folder is appended to `sys.path`.
-`test_modeling_common.py` and `test_configuration_common.py` import their siblings relatively (`from .generation...`),
-so no file is rewritten.
+site-packages), extracted into a folder that holds nothing else, and imported from there by location
+(`importlib.util.spec_from_file_location`, the standard recipe for a package outside `sys.path`): `sys.path` is
+left alone. `test_modeling_common.py` and `test_configuration_common.py` import their siblings relatively
+(`from .generation...`), so no file is rewritten.
 
 What the sdist lacks: it ships the top-level `tests/*.py` files only, not `tests/__init__.py` nor the subfolders
 those two files import from. Missing modules are replaced by the stand-ins in `_STANDINS` (a file that a later sdist
@@ -27,7 +28,9 @@ ships is used instead, see `missing`):
   `ConfigTester.check_config_arguments_init` only): `run_config_tests` leaves that one check out, and the test cases
   report it as a skip.
 `test_modeling_common.py` also imports `parameterized` (transformers' `testing` extra); when the environment lacks
-it, it is installed the same way into the cache folder (`pip install --no-deps --target`) and put on `sys.path`.
+it (it is in this project's `test` extra), it is installed into the cache folder (`pip install --no-deps --target`),
+and that folder is appended to `sys.path`, as `--target` installs require: the one `sys.path` change, for a
+third-party dependency of transformers' test files, never for our code.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import importlib
+import importlib.util
 import os
 import shutil
 import subprocess
@@ -145,7 +149,7 @@ def _sdist(version: str) -> Path:
 
 
 def _extract(version: str) -> tuple[Path, tuple[str, ...]]:
-    """(folder to put on sys.path, modules replaced by stand-ins): the package `hf_transformers_tests` built from
+    """(folder that holds the package, modules replaced by stand-ins): the package `hf_transformers_tests` built from
     the sdist's tests/ files, once per release and stand-in version."""
     key = hashlib.sha256(repr((NEEDED, sorted(_STANDINS.items()))).encode()).hexdigest()[:10]
     root = CACHE_ROOT / f"transformers-{version}-{key}"
@@ -203,8 +207,26 @@ def _ensure_parameterized() -> None:
             finally:
                 shutil.rmtree(partial, ignore_errors=True)
     if str(target) not in sys.path:
-        sys.path.append(str(target))
+        sys.path.append(str(target))  # a `pip install --target` folder is importable only from sys.path
     importlib.import_module("parameterized")
+
+
+def _import_package(root: Path) -> None:
+    """Import the package `hf_transformers_tests` from `root` by location, leaving `sys.path` alone: its modules
+    reach each other by relative imports, which resolve through the package's `__path__`."""
+    if PACKAGE in sys.modules:
+        return
+    folder = root / PACKAGE
+    spec = importlib.util.spec_from_file_location(
+        PACKAGE, folder / "__init__.py", submodule_search_locations=[str(folder)]
+    )
+    package = importlib.util.module_from_spec(spec)
+    sys.modules[PACKAGE] = package
+    try:
+        spec.loader.exec_module(package)
+    except BaseException:
+        del sys.modules[PACKAGE]
+        raise
 
 
 _loaded: types.SimpleNamespace | Unavailable | None = None
@@ -214,9 +236,8 @@ def _load() -> types.SimpleNamespace:
     version = transformers.__version__
     root, stood_in = _extract(version)
     _ensure_parameterized()
-    if str(root) not in sys.path:
-        sys.path.append(str(root))  # appended: the folder holds `hf_transformers_tests` alone, it shadows nothing
     try:
+        _import_package(root)
         with warnings.catch_warnings():
             # transformers registers its marks (flash_attn_test, torch_compile_test, ...) in its own conftest.py,
             # which is not ours: the decorators would warn once per mark at import

@@ -3,7 +3,6 @@ padding invariance, eager == sdpa, gradients, save/load, and the error messages.
 
 import pytest
 import torch
-from conftest import tiny_bert_config
 from transformers import (
     AutoModel,
     AutoModelForMaskedLM,
@@ -22,7 +21,6 @@ from vanilla_transformer.modeling import (
     VanillaBertForSequenceClassification,
     VanillaBertForTokenClassification,
     VanillaBertModel,
-    VanillaTransformerConfig,
     VanillaTransformerModel,
 )
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla, convert_vanilla_to_bert
@@ -99,7 +97,7 @@ def test_hf_to_vanilla_and_back_equal_outputs_and_gradients(hf_class, output):
     )
 
 
-def test_vanilla_to_hf_from_random_init():
+def test_vanilla_to_hf_from_random_init(tiny_bert_config):
     ours = randomize(VanillaBertForMaskedLM(tiny_bert_config())).eval()
     hf = convert_vanilla_to_bert(ours)
     assert hf.cls.predictions.decoder.weight is hf.bert.embeddings.word_embeddings.weight  # still tied
@@ -107,25 +105,14 @@ def test_vanilla_to_hf_from_random_init():
     torch.testing.assert_close(ours(**batch).logits, hf(**batch).logits, atol=1e-5, rtol=1e-5)
 
 
-def test_conversion_rejects_other_architectures():
+def test_conversion_rejects_other_architectures(tiny_bert_config, tiny_transformer_config):
     roberta = RobertaForMaskedLM(
         RobertaConfig(vocab_size=99, hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37)
     )
     with pytest.raises(ValueError, match="RobertaForMaskedLM.*model_type='roberta'"):
         convert_bert_to_vanilla(roberta)
     with pytest.raises(ValueError, match="VanillaTransformerModel"):
-        convert_vanilla_to_bert(
-            VanillaTransformerModel(
-                VanillaTransformerConfig(
-                    vocab_size=99,
-                    d_model=32,
-                    encoder_layers=1,
-                    decoder_layers=1,
-                    encoder_attention_heads=4,
-                    decoder_attention_heads=4,
-                )
-            )
-        )
+        convert_vanilla_to_bert(VanillaTransformerModel(tiny_transformer_config()))
     with pytest.raises(ValueError, match="normalize_before=True has no equivalent"):
         convert_vanilla_to_bert(VanillaBertModel(tiny_bert_config(normalize_before=True)))
 
@@ -157,7 +144,7 @@ def test_real_checkpoint_all_minilm_l6_v2():
 # --- sparse prediction --------------------------------------------------------------------------------------------
 
 
-def test_sparse_prediction_same_loss_and_gradients():
+def test_sparse_prediction_same_loss_and_gradients(tiny_bert_config):
     dense = randomize(VanillaBertForMaskedLM(tiny_bert_config()))
     sparse = VanillaBertForMaskedLM(tiny_bert_config(sparse_prediction=True))
     sparse.load_state_dict(dense.state_dict())
@@ -176,7 +163,7 @@ def test_sparse_prediction_same_loss_and_gradients():
     assert sparse(**batch).logits.shape == (3, 10, 99)
 
 
-def test_mlm_loss_over_num_items_in_batch():
+def test_mlm_loss_over_num_items_in_batch(tiny_bert_config):
     """Trainer's gradient accumulation passes the token count of the whole accumulated batch."""
     model = VanillaBertForMaskedLM(tiny_bert_config(sparse_prediction=True))
     batch = inputs()
@@ -189,7 +176,7 @@ def test_mlm_loss_over_num_items_in_batch():
 # --- properties every model test suite checks --------------------------------------------------------------------
 
 
-def test_padding_invariance():
+def test_padding_invariance(tiny_bert_config):
     """Padding a sequence does not change the outputs at its real tokens."""
     model = randomize(VanillaBertForTokenClassification(tiny_bert_config(num_labels=3))).eval()
     batch = inputs()
@@ -200,7 +187,7 @@ def test_padding_invariance():
 @pytest.mark.parametrize(
     "variant", [{}, {"position_embedding_type": "sinusoidal", "normalize_before": True, "num_key_value_heads": 2}]
 )
-def test_eager_equals_sdpa(variant):
+def test_eager_equals_sdpa(variant, tiny_bert_config):
     model = randomize(VanillaBertForMaskedLM(tiny_bert_config(**variant))).eval()
     batch = inputs()
     assert model.config._attn_implementation == "sdpa"  # the default
@@ -213,7 +200,7 @@ def test_eager_equals_sdpa(variant):
     torch.testing.assert_close(model(**batch).logits, sdpa, atol=1e-5, rtol=1e-5)
 
 
-def test_attention_is_bidirectional():
+def test_attention_is_bidirectional(tiny_bert_config):
     """Changing the last token changes the first position's output (no causal mask), with sdpa and no padding."""
     model = randomize(VanillaBertModel(tiny_bert_config())).eval()
     ids = torch.randint(5, 99, (1, 8))
@@ -223,7 +210,7 @@ def test_attention_is_bidirectional():
 
 
 @pytest.mark.parametrize("head", HEADS[1:])
-def test_gradients_reach_every_parameter(head):
+def test_gradients_reach_every_parameter(head, tiny_bert_config):
     model = head(tiny_bert_config(num_labels=3))
     batch = inputs()
     if head is VanillaBertForSequenceClassification:
@@ -235,22 +222,25 @@ def test_gradients_reach_every_parameter(head):
     assert no_grad == []
 
 
-def test_gradient_checkpointing_same_gradients():
+def test_gradient_checkpointing_same_gradients(tiny_bert_config):
     model = randomize(VanillaBertForMaskedLM(tiny_bert_config())).train()
     batch = inputs()
     labels = batch["input_ids"].clone()
+    calls = []  # forward calls of a module inside the first layer: checkpointing runs the layer again in backward
+    model.bert.encoder.layers[0].ffn.register_forward_hook(lambda *_: calls.append(1))
     model(**batch, labels=labels).loss.backward()
+    assert len(calls) == 1
     plain = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
     # the name since transformers 5.23 (gradient_checkpointing_enable before, deprecated since)
     (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    assert all(layer.gradient_checkpointing for layer in model.bert.encoder.layers)
     model(**batch, labels=labels).loss.backward()
+    assert len(calls) == 3, "the layer was not recomputed in backward: checkpointing is not in effect"
     for name, p in model.named_parameters():
         torch.testing.assert_close(p.grad, plain[name], msg=name)
 
 
-def test_save_load_round_trip_keeps_ties_and_sinusoids(tmp_path):
+def test_save_load_round_trip_keeps_ties_and_sinusoids(tmp_path, tiny_bert_config):
     model = randomize(VanillaBertForMaskedLM(tiny_bert_config(position_embedding_type="sinusoidal"))).eval()
     model.bert.embeddings.embed_positions.reset_parameters(0.02)  # the fixed table, not random values
     model.save_pretrained(tmp_path)
@@ -263,7 +253,7 @@ def test_save_load_round_trip_keeps_ties_and_sinusoids(tmp_path):
     torch.testing.assert_close(base(**batch).last_hidden_state, model.bert(**batch).last_hidden_state)
 
 
-def test_resize_token_embeddings_keeps_the_tie_and_the_checks():
+def test_resize_token_embeddings_keeps_the_tie_and_the_checks(tiny_bert_config):
     model = VanillaBertForMaskedLM(tiny_bert_config())
     model.resize_token_embeddings(120, mean_resizing=False)  # e.g. after adding tokens to the tokenizer
     assert model.lm_head.decoder.weight is model.bert.embeddings.embed_tokens.weight
@@ -276,7 +266,7 @@ def test_resize_token_embeddings_keeps_the_tie_and_the_checks():
 # --- classification losses as transformers computes them --------------------------------------------------------
 
 
-def test_sequence_classification_problem_types():
+def test_sequence_classification_problem_types(tiny_bert_config):
     torch.manual_seed(0)
     batch = inputs()
     cases = [
@@ -313,7 +303,7 @@ def test_config_validation_messages():
         VanillaBertConfig(vocab_size=100, pad_token_id=200)
 
 
-def test_input_errors():
+def test_input_errors(tiny_bert_config):
     model = VanillaBertForSequenceClassification(tiny_bert_config(num_labels=3, max_position_embeddings=16))
     with pytest.raises(ValueError, match="longer than max_position_embeddings=16"):
         model(torch.randint(5, 99, (1, 17)))

@@ -92,10 +92,6 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(tokenizer):
     texts = ["Unbelievable performance, wonderful direction!", "A charming film.", "Playing characters"]
     rows = encode_for_mlm(tokenizer, texts, whole_word_mask=True)
     rows = [{key: rows[key][i] for key in rows} for i in range(len(texts))]  # unequal lengths
-    with pytest.raises(ValueError, match="offset_mapping"):  # transformers 5.23 alone: offsets left unpadded
-        DataCollatorForLanguageModeling(
-            tokenizer, whole_word_mask=True, mask_replace_prob=1.0, random_replace_prob=0.0
-        )(rows)
     collator = WholeWordMaskCollator(tokenizer, mlm_probability=0.5, seed=0)
     masked_pieces = 0
     for _ in range(5):
@@ -112,3 +108,21 @@ def test_whole_word_masking_masks_all_pieces_of_a_word(tokenizer):
                     assert not picked[i]
             assert (inputs[labels != -100] == tokenizer.mask_token_id).all()  # whole words: always [MASK]
     assert masked_pieces > 0  # some multi-piece word was masked as a whole
+
+
+def test_whole_word_mask_collator_equals_transformers_on_rows_of_one_length(tokenizer):
+    """On rows that need no padding, the collator is transformers' whole-word collator unchanged (it only pads
+    `offset_mapping`, which `tokenizer.pad` leaves alone): the same seed gives the same batch."""
+    texts = ["Unbelievable performance, wonderful direction!", "Charming characters unbelievable music!"]
+    features = encode_for_mlm(tokenizer, texts * 4, whole_word_mask=True)
+    rows = [{key: features[key][i] for key in features} for i in range(len(texts) * 4)]
+    assert len({len(row["input_ids"]) for row in rows}) == 1, [len(row["input_ids"]) for row in rows]
+    reference = DataCollatorForLanguageModeling(
+        tokenizer, mlm_probability=0.5, whole_word_mask=True, mask_replace_prob=1.0, random_replace_prob=0.0, seed=0
+    )
+    ours = WholeWordMaskCollator(tokenizer, mlm_probability=0.5, seed=0)
+    for _ in range(3):
+        expected, batch = reference(rows), ours(rows)
+        assert (expected["labels"] != -100).any()
+        for key in ("input_ids", "labels", "attention_mask"):
+            assert torch.equal(batch[key], expected[key]), key

@@ -13,8 +13,6 @@ import textwrap
 import pytest
 import torch
 import transformers
-from conftest import tiny_transformer_config
-from remote import run_without_package
 
 from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
 
@@ -27,14 +25,14 @@ pytestmark = pytest.mark.skipif(
 SOURCE = [[5, 17, 42, 8, 2, 0, 0], [11, 12, 13, 14, 15, 16, 2]]
 MASK = [[1, 1, 1, 1, 1, 0, 0], [1, 1, 1, 1, 1, 1, 1]]
 
-# Build a seeded tiny model, save it, print its greedy and beam ids (run with the package importable)
+# Build a seeded tiny model from the config the test passes (its JSON), save it, print its greedy and beam ids (run
+# with the package importable)
 SAVE = """
-import json, sys, torch
-sys.path.insert(0, {tests!r})
-from conftest import tiny_transformer_config
-from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
+import json, torch
+from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 torch.manual_seed(0)
-model = VanillaTransformerForConditionalGeneration(tiny_transformer_config()).eval()
+config = VanillaTransformerConfig.from_dict(json.loads({config!r}))
+model = VanillaTransformerForConditionalGeneration(config).eval()
 model.save_pretrained({folder!r})
 source, mask = torch.tensor({source!r}), torch.tensor({mask!r})
 ids = {{str(beams): model.generate(input_ids=source, attention_mask=mask, num_beams=beams, max_new_tokens=8,
@@ -65,7 +63,9 @@ def test_the_other_environment_has_another_release():
     assert other_release() != transformers.__version__
 
 
-def test_saved_under_this_release_generates_the_same_ids_under_the_other(tmp_path):
+def test_saved_under_this_release_generates_the_same_ids_under_the_other(
+    tiny_transformer_config, run_without_package, tmp_path
+):
     torch.manual_seed(0)
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config()).eval()
     model.save_pretrained(tmp_path / "model")
@@ -78,12 +78,15 @@ def test_saved_under_this_release_generates_the_same_ids_under_the_other(tmp_pat
     assert loaded["ids"] == expected
 
 
-def test_saved_under_the_other_release_generates_the_same_ids_under_this_one(tmp_path):
+def test_saved_under_the_other_release_generates_the_same_ids_under_this_one(
+    tiny_transformer_config, run_without_package, tmp_path
+):
     folder = str(tmp_path / "model")
-    tests = os.path.dirname(os.path.abspath(__file__))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    saved = subprocess.run([OTHER_PYTHON, "-c", textwrap.dedent(SAVE).format(
-        tests=tests, folder=folder, source=SOURCE, mask=MASK)], capture_output=True, text=True, cwd=tmp_path, env=env)
+    code = textwrap.dedent(SAVE).format(
+        config=tiny_transformer_config().to_json_string(), folder=folder, source=SOURCE, mask=MASK
+    )
+    saved = subprocess.run([OTHER_PYTHON, "-c", code], capture_output=True, text=True, cwd=tmp_path, env=env)
     assert saved.returncode == 0, saved.stderr[-3000:]
     saved = json.loads(saved.stdout.strip().splitlines()[-1])
     assert saved["release"] == other_release()

@@ -4,7 +4,6 @@ static cache), each exported program giving the eager model's outputs, on inputs
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_transformer_config
 from torch.export import Dim
 
 from vanilla_transformer.modeling import VanillaBertForMaskedLM, VanillaTransformerForConditionalGeneration
@@ -17,7 +16,7 @@ def batch(length: int, batch_size: int = 2):
     return input_ids, attention_mask
 
 
-def test_bert_forward_exports_and_matches_eager():
+def test_bert_forward_exports_and_matches_eager(tiny_bert_config):
     model = VanillaBertForMaskedLM(tiny_bert_config()).eval()
     input_ids, attention_mask = batch(7)
     length = Dim("length", min=2, max=64)
@@ -32,7 +31,7 @@ def test_bert_forward_exports_and_matches_eager():
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_seq2seq_forward_exports_and_matches_eager():
+def test_seq2seq_forward_exports_and_matches_eager(tiny_transformer_config):
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config()).eval()
     input_ids, attention_mask = batch(7)
     decoder_input_ids = torch.randint(3, 99, (2, 5))
@@ -45,7 +44,7 @@ def test_seq2seq_forward_exports_and_matches_eager():
     torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
 
 
-def test_generation_step_exports_through_transformers_executorch_wrappers():
+def test_generation_step_exports_through_transformers_executorch_wrappers(tiny_transformer_config):
     executorch = pytest.importorskip("transformers.integrations.executorch")
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config()).eval()
     model.generation_config.eos_token_id = None  # decode every step: the same work whatever the tokens

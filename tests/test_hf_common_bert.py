@@ -7,6 +7,7 @@ model is skipped below with its reason.
 
 import unittest
 
+# hf_common.py: a helper module beside this file (not a test module), importable as pytest puts tests/ on sys.path
 from hf_common import (
     config_arguments_check_reason,
     listed_in_auto_tables,

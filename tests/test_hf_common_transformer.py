@@ -10,6 +10,7 @@ import unittest
 
 import torch
 
+# hf_common.py: a helper module beside this file (not a test module), importable as pytest puts tests/ on sys.path
 from hf_common import (
     config_arguments_check_reason,
     generation_tests_reason,

@@ -1,12 +1,11 @@
 """The Hugging Face surface of the encoder-decoder family: tokenizer, save/load, Auto classes, remote code
 without the package, and the translation / text2text-generation pipelines."""
 
+import ast
 import json
 
 import pytest
 import torch
-from conftest import tiny_transformer_config
-from remote import run_without_package
 from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer, pipeline
 
 from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
@@ -24,7 +23,7 @@ def tokenizer():
 
 
 @pytest.fixture
-def model(tokenizer):
+def model(tokenizer, tiny_transformer_config):
     config = tiny_transformer_config(**special_token_ids(tokenizer))
     model = VanillaTransformerForConditionalGeneration(config).eval()
     model.generation_config.max_new_tokens = 8
@@ -50,8 +49,14 @@ def test_save_load_round_trip_through_auto_classes(model, tokenizer, tmp_path):
     assert config["auto_map"]["AutoModelForSeq2SeqLM"] == "modeling_vanilla_transformer.VanillaTransformerForConditionalGeneration"
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}
     assert config["custom_pipelines"]["translation"]["impl"] == "pipeline_translation.TranslationPipeline"
-    for name in ("modeling_vanilla_transformer.py", "layers.py", "configuration_vanilla_transformer.py", "pipeline_translation.py"):
+    for name in ("modeling_vanilla_transformer.py", "configuration_vanilla_transformer.py", "pipeline_translation.py"):
         assert (tmp_path / name).is_file(), name
+    saved_code = {path.name: ast.parse(path.read_text()) for path in tmp_path.glob("*.py")}
+    for name, tree in saved_code.items():  # every module the folder's code imports from the folder is in it
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                for module in [node.module] if node.module else [alias.name for alias in node.names]:
+                    assert node.level == 1 and f"{module}.py" in saved_code, (name, module)
     assert (tmp_path / "model.safetensors").is_file()
 
     assert AutoConfig.from_pretrained(tmp_path).model_type == "vanilla_transformer"
@@ -85,7 +90,7 @@ def test_pipeline_rejects_a_tokenizer_of_another_model(model):
         TranslationPipeline(model=model, tokenizer=other)
 
 
-def test_remote_code_and_pipelines_without_the_package(model, tokenizer, tmp_path):
+def test_remote_code_and_pipelines_without_the_package(model, tokenizer, tmp_path, run_without_package):
     inputs = tokenizer(SOURCES, padding=True, return_tensors="pt")
     expected_ids = model.generate(**inputs, num_beams=2, max_new_tokens=6)
     expected = tokenizer.batch_decode(expected_ids, skip_special_tokens=True)

@@ -10,9 +10,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 import transformers
-from conftest import tiny_bert_config, tiny_transformer_config
 from packaging.version import Version
-from remote import run_without_package
 from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, Trainer, TrainingArguments
 
 from vanilla_transformer.modeling import (
@@ -30,9 +28,15 @@ TARGETS = ["a dog runs in the park.", "two men play football on the beach.", "a 
 TEXTS = ["A charming and often affecting journey.", "Unflinchingly bleak and desperate.", "The acting is wonderful!"]
 
 
-def seq2seq(**overrides) -> VanillaTransformerForConditionalGeneration:
-    torch.manual_seed(0)
-    return VanillaTransformerForConditionalGeneration(tiny_transformer_config(**overrides)).eval()
+@pytest.fixture
+def seq2seq(tiny_transformer_config):
+    """A factory: seq2seq(**config overrides) -> a seeded tiny encoder-decoder in eval mode."""
+
+    def build(**overrides) -> VanillaTransformerForConditionalGeneration:
+        torch.manual_seed(0)
+        return VanillaTransformerForConditionalGeneration(tiny_transformer_config(**overrides)).eval()
+
+    return build
 
 
 def source_batch():
@@ -65,7 +69,7 @@ def transformers_log():
 # --- the cache argument: `past_key_values` until transformers 5.23, `cache` from 5.24 ---------------------------
 
 
-def test_cache_field_is_the_one_the_installed_release_declares():
+def test_cache_field_is_the_one_the_installed_release_declares(seq2seq):
     assert CACHE_FIELD == ("cache" if Version(transformers.__version__) >= Version("5.24.0") else "past_key_values")
     model = seq2seq()
     input_ids, attention_mask = source_batch()
@@ -76,7 +80,7 @@ def test_cache_field_is_the_one_the_installed_release_declares():
 
 
 @pytest.mark.parametrize("name", ["cache", "past_key_values"])
-def test_step_by_step_decoding_takes_the_cache_under_either_name(name):
+def test_step_by_step_decoding_takes_the_cache_under_either_name(name, seq2seq):
     model = seq2seq()
     input_ids, attention_mask = source_batch()
     decoder_input_ids = torch.randint(3, 99, (3, 5))
@@ -94,7 +98,7 @@ def test_step_by_step_decoding_takes_the_cache_under_either_name(name):
     torch.testing.assert_close(torch.cat(steps, dim=1), parallel, atol=1e-5, rtol=1e-5)
 
 
-def test_both_cache_names_at_once_is_an_error():
+def test_both_cache_names_at_once_is_an_error(seq2seq):
     model = seq2seq()
     input_ids, _ = source_batch()
     with torch.no_grad():
@@ -104,7 +108,7 @@ def test_both_cache_names_at_once_is_an_error():
         model(input_ids=input_ids, decoder_input_ids=input_ids[:, 1:2], cache=first, past_key_values=second)
 
 
-def test_generation_logs_and_warns_no_deprecation(transformers_log):
+def test_generation_logs_and_warns_no_deprecation(transformers_log, seq2seq):
     model = seq2seq()
     input_ids, attention_mask = source_batch()
     with warnings.catch_warnings(record=True) as caught:
@@ -130,7 +134,7 @@ HALF_TOLERANCE = {torch.bfloat16: 0.05, torch.float16: 0.01}
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
-def test_seq2seq_loads_runs_and_generates_in_half_precision(dtype, tmp_path):
+def test_seq2seq_loads_runs_and_generates_in_half_precision(dtype, tmp_path, seq2seq):
     model = seq2seq()
     model.generation_config.update(max_new_tokens=6, min_new_tokens=6)
     input_ids, attention_mask = source_batch()
@@ -155,7 +159,7 @@ def test_seq2seq_loads_runs_and_generates_in_half_precision(dtype, tmp_path):
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bf16", "fp16"])
 @pytest.mark.parametrize("position_embedding_type", ["learned", "sinusoidal"])
-def test_bert_loads_and_runs_in_half_precision(dtype, position_embedding_type, tmp_path):
+def test_bert_loads_and_runs_in_half_precision(dtype, position_embedding_type, tmp_path, tiny_bert_config):
     torch.manual_seed(0)
     model = VanillaBertForMaskedLM(tiny_bert_config(position_embedding_type=position_embedding_type)).eval()
     input_ids, attention_mask = source_batch()
@@ -171,7 +175,7 @@ def test_bert_loads_and_runs_in_half_precision(dtype, position_embedding_type, t
 # --- inputs_embeds, config switches, key/value heads ------------------------------------------------------------
 
 
-def test_seq2seq_inputs_embeds_from_the_input_embeddings_equal_input_ids():
+def test_seq2seq_inputs_embeds_from_the_input_embeddings_equal_input_ids(seq2seq):
     model = seq2seq()
     input_ids, attention_mask = source_batch()
     decoder_input_ids = torch.randint(3, 99, (3, 4))
@@ -183,7 +187,7 @@ def test_seq2seq_inputs_embeds_from_the_input_embeddings_equal_input_ids():
     torch.testing.assert_close(logits, expected, rtol=0, atol=0)
 
 
-def test_bert_inputs_embeds_from_the_input_embeddings_equal_input_ids():
+def test_bert_inputs_embeds_from_the_input_embeddings_equal_input_ids(tiny_bert_config):
     torch.manual_seed(0)
     model = VanillaBertModel(tiny_bert_config()).eval()
     input_ids, attention_mask = source_batch()
@@ -193,7 +197,7 @@ def test_bert_inputs_embeds_from_the_input_embeddings_equal_input_ids():
     torch.testing.assert_close(hidden.last_hidden_state, expected, rtol=0, atol=0)
 
 
-def test_embedding_scale_survives_resizing_the_vocabulary():
+def test_embedding_scale_survives_resizing_the_vocabulary(seq2seq):
     model = seq2seq()
     model.resize_token_embeddings(120)
     embed = model.get_input_embeddings()
@@ -204,7 +208,7 @@ def test_embedding_scale_survives_resizing_the_vocabulary():
 
 
 @pytest.mark.parametrize("family", ["seq2seq", "bert"])
-def test_config_output_switches_are_honoured(family):
+def test_config_output_switches_are_honoured(family, seq2seq, tiny_bert_config):
     input_ids, attention_mask = source_batch()
     if family == "seq2seq":
         model = seq2seq(attn_implementation="eager", output_attentions=True, output_hidden_states=True)
@@ -226,7 +230,7 @@ def test_config_output_switches_are_honoured(family):
                  output_attentions=False, return_dict=True).get("attentions") is None
 
 
-def test_num_key_value_heads_is_filled_in():
+def test_num_key_value_heads_is_filled_in(tiny_transformer_config, tiny_bert_config):
     assert tiny_transformer_config().num_key_value_heads == 4
     assert tiny_transformer_config(num_key_value_heads=2).num_key_value_heads == 2
     assert tiny_bert_config().num_key_value_heads == 4
@@ -252,16 +256,16 @@ def wordpiece():
                                      show_progress=False)
 
 
-def translation_model(tokenizer) -> VanillaTransformerForConditionalGeneration:
-    torch.manual_seed(0)
-    model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(tokenizer)))
+@pytest.fixture
+def translation_model(bpe, tiny_transformer_config) -> VanillaTransformerForConditionalGeneration:
+    model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(bpe)))
     model.generation_config.max_new_tokens = 6
     return model.eval()
 
 
-def bert_model(tokenizer) -> VanillaBertForMaskedLM:
-    torch.manual_seed(0)
-    return VanillaBertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer))).eval()
+@pytest.fixture
+def bert_model(wordpiece, tiny_bert_config) -> VanillaBertForMaskedLM:
+    return VanillaBertForMaskedLM(tiny_bert_config(vocab_size=len(wordpiece))).eval()
 
 
 def fake_push_to_hub(monkeypatch, destination):
@@ -299,13 +303,12 @@ PATHS = ["save_pretrained", "push_to_hub", "Trainer.save_model"]
 
 @pytest.mark.parametrize("path_kind", PATHS)
 def test_standard_saving_paths_make_a_translation_folder_that_runs_without_the_package(
-    path_kind, bpe, tmp_path, monkeypatch
+    path_kind, translation_model, bpe, run_without_package, tmp_path, monkeypatch
 ):
-    model = translation_model(bpe)
-    expected = bpe.batch_decode(model.generate(**bpe(SOURCES[:2], return_tensors="pt", padding=True), num_beams=2),
-                                skip_special_tokens=True)
+    generated = translation_model.generate(**bpe(SOURCES[:2], return_tensors="pt", padding=True), num_beams=2)
+    expected = bpe.batch_decode(generated, skip_special_tokens=True)
     folder = tmp_path / "folder"
-    save_by(path_kind, model, bpe, folder, monkeypatch, tmp_path)
+    save_by(path_kind, translation_model, bpe, folder, monkeypatch, tmp_path)
     config = json.loads((folder / "config.json").read_text())
     assert set(config["auto_map"]) == {"AutoConfig", "AutoModel", "AutoModelForSeq2SeqLM"}
     assert set(config["custom_pipelines"]) == {"translation", "text2text-generation"}
@@ -323,16 +326,15 @@ def test_standard_saving_paths_make_a_translation_folder_that_runs_without_the_p
 
 @pytest.mark.parametrize("path_kind", PATHS)
 def test_standard_saving_paths_make_a_bert_folder_that_runs_without_the_package(
-    path_kind, wordpiece, tmp_path, monkeypatch
+    path_kind, bert_model, wordpiece, run_without_package, tmp_path, monkeypatch
 ):
-    model = bert_model(wordpiece)
     text = "The acting is [MASK]!"
     with torch.no_grad():
-        logits = model(**wordpiece(text, return_tensors="pt")).logits
+        logits = bert_model(**wordpiece(text, return_tensors="pt")).logits
     position = wordpiece(text)["input_ids"].index(wordpiece.mask_token_id)
     expected = wordpiece.convert_ids_to_tokens(int(logits[0, position].argmax()))
     folder = tmp_path / "folder"
-    save_by(path_kind, model, wordpiece, folder, monkeypatch, tmp_path)
+    save_by(path_kind, bert_model, wordpiece, folder, monkeypatch, tmp_path)
     config = json.loads((folder / "config.json").read_text())
     assert "AutoModelForMaskedLM" in config["auto_map"] and "AutoModel" in config["auto_map"]
     result = run_without_package(

@@ -7,7 +7,6 @@ import itertools
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import tiny_transformer_config
 from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
 from transformers import DataCollatorForSeq2Seq, PreTrainedTokenizerFast, Seq2SeqTrainer, Seq2SeqTrainingArguments
 
@@ -35,8 +34,10 @@ def tokenizer() -> PreTrainedTokenizerFast:
     return tokenizer
 
 
-def tiny_model(tokenizer, **overrides) -> VanillaTransformerForConditionalGeneration:
-    return VanillaTransformerForConditionalGeneration(tiny_transformer_config(vocab_size=len(tokenizer), **overrides))
+@pytest.fixture
+def model(tokenizer, tiny_transformer_config) -> VanillaTransformerForConditionalGeneration:
+    """A tiny encoder-decoder over the tokenizer's vocabulary, freshly initialised (seeded)."""
+    return VanillaTransformerForConditionalGeneration(tiny_transformer_config(vocab_size=len(tokenizer)))
 
 
 def features(tokenizer, pairs=PAIRS) -> list[dict]:
@@ -58,8 +59,7 @@ def training_arguments(tmp_path, **overrides) -> Seq2SeqTrainingArguments:
     return Seq2SeqTrainingArguments(**args)
 
 
-def test_seq2seq_trainer_lowers_the_loss(tokenizer, tmp_path):
-    model = tiny_model(tokenizer)
+def test_seq2seq_trainer_lowers_the_loss(model, tokenizer, tmp_path):
     data = features(tokenizer)
     args = training_arguments(tmp_path, per_device_train_batch_size=3, max_steps=12, learning_rate=3e-3)
     trainer = Seq2SeqTrainer(
@@ -77,7 +77,7 @@ def test_seq2seq_trainer_lowers_the_loss(tokenizer, tmp_path):
     assert after < 0.8 * before, f"eval loss {before:.3f} -> {after:.3f}"
 
 
-def test_gradient_accumulation_equals_one_full_batch(tokenizer, tmp_path):
+def test_gradient_accumulation_equals_one_full_batch(model, tokenizer, tmp_path):
     data = features(tokenizer, [PAIRS[i] for i in (0, 1, 2, 4)])  # targets of 3, 2, 4 and 8 tokens
     target_lengths = [len(example["labels"]) for example in data]
     # Micro-batches with different token counts: averaging per micro-batch would weigh tokens unequally, so the
@@ -85,7 +85,7 @@ def test_gradient_accumulation_equals_one_full_batch(tokenizer, tmp_path):
     assert all(
         sum(target_lengths[i] for i in half) * 2 != sum(target_lengths) for half in itertools.combinations(range(4), 2)
     )
-    initial = tiny_model(tokenizer)
+    initial = model
     # Plain SGD, no clipping: the update is proportional to the gradient (Adam's first step and clipping would
     # hide a wrongly scaled gradient).
     common = dict(max_steps=1, optim="sgd", learning_rate=0.5, max_grad_norm=0.0, weight_decay=0.0)
@@ -113,8 +113,8 @@ def test_gradient_accumulation_equals_one_full_batch(tokenizer, tmp_path):
         torch.testing.assert_close(accumulated[name], weight, atol=1e-6, rtol=1e-5, msg=name)
 
 
-def test_label_smoothing_is_the_standard_definition(tokenizer, tmp_path):
-    model = tiny_model(tokenizer).eval()
+def test_label_smoothing_is_the_standard_definition(model, tokenizer, tmp_path):
+    model.eval()
     batch = DataCollatorForSeq2Seq(tokenizer, model=model)(features(tokenizer))
     labels = batch["labels"]
     assert (labels == -100).any()  # padded targets: ignored positions are part of the test
@@ -146,8 +146,7 @@ def test_label_smoothing_is_the_standard_definition(tokenizer, tmp_path):
         torch.testing.assert_close(trainer.compute_loss(model, dict(batch)), by_hand)
 
 
-def test_two_hundred_adam_steps_overfit_one_batch(tokenizer):
-    model = tiny_model(tokenizer)
+def test_two_hundred_adam_steps_overfit_one_batch(model, tokenizer):
     batch = DataCollatorForSeq2Seq(tokenizer, model=model)(features(tokenizer))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     model.train()

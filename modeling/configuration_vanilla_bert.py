@@ -45,9 +45,9 @@ class VanillaBertConfig(PreTrainedConfig):
             (number of masked positions, vocab_size), in row-major order of the masked positions
             (`labels != -100`); without labels the head runs everywhere as usual. The encoder's last layer then
             computes its output at those positions only, and the vocabulary projection and the loss run together
-            in vocabulary chunks (`layers.linear_cross_entropy`): same values, less time and memory.
+            in vocabulary chunks (`fast_loss.py`): same values, less time and memory.
         skip_padding: run the position-wise work (projections, feed-forward, norms, residuals) on the real tokens
-            of a padded batch only, the attention kernel alone seeing the padded layout (`layers.Unpadder`). The
+            of a padded batch only, the attention kernel alone seeing the padded layout (`token_layout.py`). The
             outputs at real tokens are unchanged; at padding positions they are 0 instead of the arbitrary values
             a padded model computes there. Faster in proportion to the padding; off by default so that every
             output position matches a reference implementation.

@@ -81,7 +81,7 @@ class VanillaTransformerConfig(PreTrainedConfig):
         layer_norm_eps: epsilon of every LayerNorm.
         lm_head_bias: give the output projection a bias (needed to carry Marian's `final_logits_bias`).
         skip_padding: run the position-wise work (projections, feed-forward, norms, residuals) on the real tokens
-            of a padded batch only, the attention kernel alone seeing the padded layout (`layers.Unpadder`); in the
+            of a padded batch only, the attention kernel alone seeing the padded layout (`token_layout.py`); in the
             decoder under teacher forcing, the padding after each target's last label. The
             outputs at real tokens are unchanged; at padding positions they are 0 instead of the arbitrary values
             a padded model computes there. Faster in proportion to the padding; off by default so that every

@@ -22,20 +22,16 @@ from transformers.modeling_outputs import (
     TokenClassifierOutput,
 )
 
+from .attention import mask_config
 from .configuration_vanilla_bert import VanillaBertConfig
+from .embeddings import PositionEmbedding
+from .fast_dropout import Dropout
+from .fast_loss import linear_cross_entropy
 from .hub import HubFolders
-from .layers import (
-    Dropout,
-    LayerStack,
-    PositionEmbedding,
-    Unpadder,
-    check_batch,
-    check_token_ids,
-    linear_cross_entropy,
-    mask_config,
-    output_options,
-    token_cross_entropy,
-)
+from .inputs import check_batch, check_token_ids, output_options
+from .layers import LayerStack
+from .losses import token_cross_entropy
+from .token_layout import TokenLayout
 
 
 def check_segment_ids(token_type_ids: torch.Tensor, type_vocab_size: int) -> None:
@@ -129,7 +125,7 @@ class MaskedLMHead(nn.Module):
 
     def loss_and_logits(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy, logits) at (N, D) positions with (N,) labels, the vocabulary projection and the
-        loss computed together in vocabulary chunks (`layers.linear_cross_entropy`)."""
+        loss computed together in vocabulary chunks (`fast_loss.py`)."""
         return linear_cross_entropy(self.transform(hidden_states), self.decoder.weight, self.decoder.bias, labels)
 
 
@@ -212,6 +208,9 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
         output_attentions, output_hidden_states, return_dict = output_options(
             self.config, output_attentions, output_hidden_states, return_dict
         )
+        if output_positions is not None and output_hidden_states:
+            raise ValueError("output_positions returns the final hidden states at some positions only; it cannot "
+                             "be combined with output_hidden_states")
         check_token_ids(input_ids, self.embeddings.embed_tokens.num_embeddings)
         shape = (input_ids if input_ids is not None else inputs_embeds).shape
         check_batch(shape, attention_mask, "input_ids" if input_ids is not None else "inputs_embeds")
@@ -228,8 +227,7 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
             attention_mask=padding_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding else None,
-            output_positions=output_positions,
+            layout=TokenLayout.for_batch(attention_mask, self.config.skip_padding, output_positions),
         )
         pool = self.pooler is not None and output_positions is None
         output = BaseModelOutputWithPooling(

@@ -3,7 +3,8 @@
 Shapes: B batch, S source length, T target length, D d_model, V vocabulary.
 
 Where the decoder stops looking at the future: `TransformerDecoder.forward` builds the causal mask
-(`create_causal_mask`) and runs its layers with `is_causal=True`.
+(`create_causal_mask`, in the format the attention kernel takes) and runs its layers with `is_causal=True`; the
+triangle itself, what that mask holds, is written out in `attention.eager_attention_forward`.
 """
 
 import math
@@ -22,21 +23,16 @@ from transformers.modeling_outputs import (
     Seq2SeqModelOutput,
 )
 
+from .attention import mask_config
 from .compat import cache_argument, cache_field, output_cache
 from .configuration_vanilla_transformer import VanillaTransformerConfig
+from .embeddings import PositionEmbedding, ScaledEmbedding
+from .fast_dropout import Dropout
 from .hub import HubFolders
-from .layers import (
-    Dropout,
-    LayerStack,
-    PositionEmbedding,
-    ScaledEmbedding,
-    Unpadder,
-    check_batch,
-    check_token_ids,
-    mask_config,
-    output_options,
-    token_cross_entropy,
-)
+from .inputs import check_batch, check_token_ids, output_options
+from .layers import LayerStack
+from .losses import token_cross_entropy
+from .token_layout import TokenLayout
 
 
 def shift_tokens_right(labels: torch.Tensor, pad_token_id: int, decoder_start_token_id: int) -> torch.Tensor:
@@ -50,7 +46,7 @@ def target_prefix_mask(labels: torch.Tensor) -> torch.Tensor:
     """(B, T) mask of the target positions up to each row's last label (the padding after it carries no loss).
 
     Used as the decoder attention mask in teacher forcing, it changes no output that the loss reads: under the
-    causal mask a position never sees the ones after it. It lets the decoder skip the padding (`Unpadder`).
+    causal mask a position never sees the ones after it. It lets the decoder skip the padding (`token_layout.py`).
     """
     positions = torch.arange(1, labels.shape[1] + 1, device=labels.device)  # (T,)
     last = ((labels != -100) * positions).amax(dim=1, keepdim=True)  # (B, 1): 1-based position of the last label
@@ -154,7 +150,7 @@ class TransformerEncoder(LayerStack):
             attention_mask=padding_mask,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
-            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding else None,
+            layout=TokenLayout.for_batch(attention_mask, self.config.skip_padding),
         )
         output = BaseModelOutput(
             last_hidden_state=stack.last_hidden_state,
@@ -244,7 +240,7 @@ class TransformerDecoder(LayerStack):
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
             # Teacher forcing: no work on padding. Decoding with a cache: one position per step, nothing to drop.
-            unpadder=Unpadder.for_mask(attention_mask) if self.config.skip_padding and cache is None else None,
+            layout=TokenLayout.for_batch(attention_mask, self.config.skip_padding and cache is None),
         )
         output = BaseModelOutputWithPastAndCrossAttentions(
             last_hidden_state=stack.last_hidden_state,
@@ -438,7 +434,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
 
         `generate` lays a sentence's beams out as consecutive rows of one encoder output (repeated), and a beam is
         only ever replaced by a beam of the same sentence. The cross-attention keys/values are a function of the
-        encoder output alone, equal on every row of a sentence (cached once per sentence, `layers.SharedRowsLayer`,
+        encoder output alone, equal on every row of a sentence (cached once per sentence, `beam_cache.py`,
         with the sdpa and eager kernels): reordering them, what the default does, would copy equal rows onto each
         other. They are left as they are.
         """
@@ -480,7 +476,7 @@ def seq2seq_loss(
     """Cross-entropy of each target token (no shift: the decoder input is already shifted), -100 ignored, averaged
     over the target tokens; with `num_items_in_batch` (Trainer under gradient accumulation) summed and divided by the
     token count of the whole accumulated batch, so that accumulated steps equal one big step. 0 for a batch without
-    a target token (`layers.token_cross_entropy`)."""
+    a target token (`losses.token_cross_entropy`)."""
     return token_cross_entropy(logits, labels, num_items_in_batch, label_smoothing)
 
 

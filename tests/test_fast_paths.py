@@ -1,27 +1,26 @@
-"""The fast paths give the results of the plain ones: skipping padding (`skip_padding`), sparse MLM prediction
-combined with it, the MLM loss computed in vocabulary chunks, the CPU dropout (same distribution as torch's) and the attention kernel CPU training runs,
-and a compiled model against the eager one."""
+"""Each fast path of modeling/ gives the results of the plain path it stands for (its module's docstring names the
+test here that proves it): the token layouts (`token_layout.py`: no work on padding, output computed at selected
+rows only), the CPU dropout and the eager kernel CPU training runs (`fast_dropout.py`), the MLM loss in vocabulary
+chunks (`fast_loss.py`), the feed-forward in blocks of rows (`fast_inference.py`), beam search's
+cross-attention cached once per sentence (`beam_cache.py`); and a compiled model against the eager one."""
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_transformer_config
 
 from vanilla_transformer.modeling import (
     VanillaBertForMaskedLM,
     VanillaBertForSequenceClassification,
+    VanillaBertModel,
     VanillaTransformerForConditionalGeneration,
+    fast_inference,
 )
+from vanilla_transformer.modeling.attention import eager_attention_forward
+from vanilla_transformer.modeling.beam_cache import repeated_rows
 from vanilla_transformer.modeling.compat import output_cache
-from vanilla_transformer.modeling.layers import (
-    Dropout,
-    FeedForward,
-    MultiHeadAttention,
-    Unpadder,
-    apply_dropout,
-    eager_attention_forward,
-    linear_cross_entropy,
-    repeated_rows,
-)
+from vanilla_transformer.modeling.fast_dropout import Dropout, apply_dropout
+from vanilla_transformer.modeling.fast_loss import linear_cross_entropy
+from vanilla_transformer.modeling.layers import FeedForward
+from vanilla_transformer.modeling.token_layout import PADDED, TokenLayout
 
 
 def padded_batch(vocab: int, lengths: list[int], pad_id: int = 0):
@@ -40,18 +39,33 @@ def same_weights(model_class, config, **changes):
     return first, second
 
 
-def test_unpadder_round_trip():
+def test_token_layout_round_trip():
     _, mask = padded_batch(50, [5, 2, 7, 1])
-    unpadder = Unpadder(mask.bool())
     x = torch.randn(4, 7, 3)
-    tokens = unpadder.unpad(x)
+    layout = TokenLayout.for_batch(mask, skip_padding=True)
+    tokens = layout.to_rows(x)
     assert tokens.shape == (int(mask.sum()), 3)
-    torch.testing.assert_close(unpadder.pad(tokens), x * mask[..., None])
-    assert Unpadder.for_mask(torch.ones(3, 4)) is None  # nothing to skip
+    assert torch.equal(tokens, x[mask.bool()])  # the real tokens, in batch order
+    assert torch.equal(layout.to_grid(tokens), x * mask[..., None])  # zeros at the padding
+    assert layout.select(tokens) is tokens and layout.output(tokens).shape == x.shape
+    # the padded layout: every method is the identity
+    for padded in (PADDED, TokenLayout.for_batch(torch.ones(3, 4), skip_padding=True),
+                   TokenLayout.for_batch(mask, skip_padding=False)):
+        assert padded is PADDED
+        assert all(f(x) is x for f in (padded.to_rows, padded.to_grid, padded.select, padded.output))
+    # selected output rows: grid positions -> rows of the layout, the rows before the last layer unselected
+    positions = torch.tensor([0, 7, 15, 21])  # (0, 0), (1, 0), (2, 1), (3, 0): real tokens
+    for skip_padding in (False, True):
+        selecting = TokenLayout.for_batch(mask, skip_padding, output_positions=positions)
+        rows = selecting.to_rows(x)
+        assert torch.equal(selecting.select(rows), x.flatten(0, 1)[positions])
+        assert selecting.every_row().select(rows) is rows
+    with pytest.raises(ValueError, match="padding"):
+        TokenLayout.for_batch(mask, skip_padding=True, output_positions=torch.tensor([6]))  # (0, 6) is padding
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_bert_skip_padding_equals_padded_model(attn):
+def test_bert_skip_padding_equals_padded_model(attn, tiny_bert_config):
     config = tiny_bert_config(attn_implementation=attn, num_labels=3)
     plain, fast = same_weights(VanillaBertForSequenceClassification, config, skip_padding=True)
     input_ids, mask = padded_batch(config.vocab_size, [9, 3, 6, 1])
@@ -69,7 +83,7 @@ def test_bert_skip_padding_equals_padded_model(attn):
         torch.testing.assert_close(p_fast.grad, p_plain.grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
-def test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss():
+def test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss(tiny_bert_config):
     config = tiny_bert_config()
     plain, fast = same_weights(VanillaBertForMaskedLM, config, skip_padding=True, sparse_prediction=True)
     input_ids, mask = padded_batch(config.vocab_size, [12, 5, 8])
@@ -84,10 +98,8 @@ def test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss():
 
 @pytest.mark.parametrize("normalize_before", [False, True])
 @pytest.mark.parametrize("skip_padding", [False, True])
-def test_bert_output_positions_equal_full_stack_rows(normalize_before, skip_padding):
+def test_bert_output_positions_equal_full_stack_rows(normalize_before, skip_padding, tiny_bert_config):
     """The last layer computed at some positions only gives the full stack's hidden states there."""
-    from vanilla_transformer.modeling import VanillaBertModel
-
     config = tiny_bert_config(normalize_before=normalize_before, skip_padding=skip_padding)
     model = VanillaBertModel(config).eval()
     input_ids, mask = padded_batch(config.vocab_size, [9, 4, 7])
@@ -105,7 +117,7 @@ def test_bert_output_positions_equal_full_stack_rows(normalize_before, skip_padd
 
 
 @pytest.mark.parametrize("normalize_before", [False, True])
-def test_mlm_masked_positions_path_same_loss_and_gradients_as_dense(normalize_before):
+def test_mlm_masked_positions_path_same_loss_and_gradients_as_dense(normalize_before, tiny_bert_config):
     """Sparse prediction runs the last layer at the masked positions only: loss and every gradient unchanged."""
     config = tiny_bert_config(normalize_before=normalize_before, hidden_dropout_prob=0.0,
                               attention_probs_dropout_prob=0.0)
@@ -129,7 +141,7 @@ def test_mlm_masked_positions_path_same_loss_and_gradients_as_dense(normalize_be
 
 
 @pytest.mark.parametrize("attn", ["sdpa", "eager"])
-def test_transformer_skip_padding_equals_padded_model(attn):
+def test_transformer_skip_padding_equals_padded_model(attn, tiny_transformer_config):
     config = tiny_transformer_config(attn_implementation=attn)
     plain, fast = same_weights(VanillaTransformerForConditionalGeneration, config, skip_padding=True)
     source, source_mask = padded_batch(config.vocab_size, [7, 3, 5])
@@ -157,7 +169,7 @@ def test_transformer_skip_padding_equals_padded_model(attn):
         )
 
 
-def test_skip_padding_keeps_labels_ignored_inside_the_target():
+def test_skip_padding_keeps_labels_ignored_inside_the_target(tiny_transformer_config):
     """-100 inside a target (not only as trailing padding) must not drop those decoder inputs."""
     config = tiny_transformer_config()
     plain, fast = same_weights(VanillaTransformerForConditionalGeneration, config, skip_padding=True)
@@ -171,7 +183,7 @@ def test_skip_padding_keeps_labels_ignored_inside_the_target():
     )
 
 
-def test_compiled_model_equals_eager_model():
+def test_compiled_model_equals_eager_model(tiny_bert_config):
     config = tiny_bert_config()
     model = VanillaBertForMaskedLM(config).eval()
     input_ids, mask = padded_batch(config.vocab_size, [8, 5])
@@ -222,7 +234,8 @@ class _Heads:
 
 @pytest.mark.parametrize("groups", [1, 2])
 def test_eager_kernel_takes_the_sdpa_masks(groups):
-    """CPU training runs the eager kernel with the masks built for sdpa: boolean, or None with is_causal."""
+    """CPU training runs the eager kernel with the masks built for sdpa: boolean, or None with is_causal (the causal
+    triangle is then the kernel's own)."""
     query = torch.randn(2, 4, 6, 8)
     key, value = torch.randn(2, 4 // groups, 6, 8), torch.randn(2, 4 // groups, 6, 8)
     expand = dict(dim=1, repeats=groups)
@@ -234,9 +247,16 @@ def test_eager_kernel_takes_the_sdpa_masks(groups):
             query, key.repeat_interleave(**expand), value.repeat_interleave(**expand), attn_mask=mask, is_causal=causal
         )
         torch.testing.assert_close(ours, reference.transpose(1, 2))
+    # the 2 newest queries over 6 keys (decoding with a cache): they see what the last 2 rows of the full square see
+    full, _ = eager_attention_forward(_Heads(groups), query, key, value, None, scaling=8**-0.5, is_causal=True)
+    newest, weights = eager_attention_forward(
+        _Heads(groups), query[:, :, -2:], key, value, None, scaling=8**-0.5, is_causal=True
+    )
+    torch.testing.assert_close(newest, full[:, -2:])
+    assert (weights[..., 0, 5] == 0).all() and (weights[..., 1, :] > 0).all()  # query 4 does not see key 5
 
 
-def test_cpu_training_attention_path_equals_sdpa():
+def test_cpu_training_attention_path_equals_sdpa(tiny_bert_config, tiny_transformer_config):
     """In training on CPU with attention dropout, sdpa models run the eager kernel on sdpa's masks. With a dropout
     probability too small to drop anything, training outputs equal the sdpa kernel's in eval mode."""
     torch.manual_seed(0)
@@ -290,31 +310,8 @@ def test_chunked_linear_cross_entropy_equals_linear_then_cross_entropy(chunk):
     torch.testing.assert_close(torch.autograd.grad(logits.sum(), bias)[0], torch.full((100,), 9.0))
 
 
-@pytest.mark.parametrize("kv_heads", [4, 2, 1])
-def test_stacked_qkv_projection_in_inference_equals_three_projections(kv_heads):
-    """Without autograd Q, K, V come from one product with the stacked weights, rebuilt when a weight changes."""
-    attention = MultiHeadAttention(32, 4, kv_heads, 0.0, tiny_transformer_config())
-    x = torch.randn(3, 5, 32)
-    def separate():
-        return attention.q_proj(x), attention.k_proj(x), attention.v_proj(x)
-    with torch.no_grad():
-        for ours, reference in zip(attention.project_qkv(x), separate()):
-            torch.testing.assert_close(ours, reference)
-        attention.k_proj.weight.mul_(2.0)  # in place: the stacked copy must not go stale
-        attention.v_proj.bias.add_(1.0)
-        for ours, reference in zip(attention.project_qkv(x), separate()):
-            torch.testing.assert_close(ours, reference)
-    attention.load_state_dict({k: torch.randn_like(v) for k, v in attention.state_dict().items()})
-    with torch.inference_mode():
-        for ours, reference in zip(attention.project_qkv(x), separate()):
-            torch.testing.assert_close(ours, reference)
-    query, _, _ = attention.project_qkv(x)  # with autograd: the separate projections, gradients flow
-    query.sum().backward()
-    assert attention.q_proj.weight.grad is not None
-
-
 @pytest.mark.parametrize("duplicate_sentence", [False, True])
-def test_beam_search_caches_cross_attention_once_per_sentence(duplicate_sentence):
+def test_beam_search_caches_cross_attention_once_per_sentence(duplicate_sentence, tiny_transformer_config):
     """Beam search: the cross-attention keys/values are cached once per sentence (beams share them) and are not
     reordered; the self-attention cache is. Same sequences, scores and attention weights as without a cache."""
     torch.manual_seed(0)
@@ -353,7 +350,7 @@ def test_beam_search_caches_cross_attention_once_per_sentence(duplicate_sentence
 
 
 @pytest.mark.parametrize("beam_idx", [[1, 0, 3, 2], [2, 3, 0, 1], [3, 3, 0, 2]])
-def test_shared_cross_attention_cache_stays_exact_under_any_reorder(beam_idx):
+def test_shared_cross_attention_cache_stays_exact_under_any_reorder(beam_idx, tiny_transformer_config):
     """Anyone may reorder the cache through the usual API (EncoderDecoderCache.reorder_cache): within a sentence's
     beams the shared rows stay shared, across sentences they become one row per beam; decoding goes on exactly."""
     torch.manual_seed(0)
@@ -392,13 +389,13 @@ def test_repeated_rows_finds_the_runs_of_equal_rows():
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_feed_forward_in_blocks_of_rows_equals_one_piece(dtype):
+def test_feed_forward_in_blocks_of_rows_equals_one_piece(dtype, monkeypatch):
     """Without autograd on CPU the FFN runs over blocks of rows (here 3 rows, which do not divide 2 x 7 = 14)."""
     torch.manual_seed(0)
     ffn = FeedForward(32, 64, "gelu", 0.0).to(dtype).eval()
     x = torch.randn(2, 7, 32, dtype=dtype)
     whole = ffn(x)  # autograd on: one piece
-    ffn.block_elements = 3 * 64
+    monkeypatch.setattr(fast_inference, "ROW_BLOCK_ELEMENTS", 3 * 64)
     calls = []
     ffn.fc1.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
     with torch.no_grad():
@@ -411,14 +408,36 @@ def test_feed_forward_in_blocks_of_rows_equals_one_piece(dtype):
 
 
 @pytest.mark.parametrize("normalize_before", [False, True])
-def test_encoder_inference_with_blocked_feed_forward_equals_training_mode_path(normalize_before):
+def test_encoder_inference_with_blocked_feed_forward_equals_training_mode_path(
+    normalize_before, tiny_bert_config, monkeypatch
+):
     """Inference: FFN in blocks of rows, residual sums added in place into the sublayers' outputs."""
     config = tiny_bert_config(normalize_before=normalize_before)
     model = VanillaBertForMaskedLM(config).eval()
-    for layer in model.bert.encoder.layers:
-        layer.ffn.block_elements = 5 * config.intermediate_size  # blocks of 5 rows
+    monkeypatch.setattr(fast_inference, "ROW_BLOCK_ELEMENTS", 5 * config.intermediate_size)  # blocks of 5 rows
+    calls = []
+    fc1 = model.bert.encoder.layers[0].ffn.fc1
+    fc1.register_forward_hook(lambda module, args, output: calls.append(args[0][..., 0].numel()))
     input_ids, mask = padded_batch(config.vocab_size, [8, 5, 7])
     expected = model(input_ids=input_ids, attention_mask=mask).logits  # autograd on: one piece
     with torch.inference_mode():
         actual = model(input_ids=input_ids, attention_mask=mask).logits
+    assert calls == [3 * 8, 5, 5, 5, 5, 4]  # one piece with autograd, blocks of 5 rows without
     torch.testing.assert_close(actual, expected.detach(), rtol=1e-5, atol=1e-5)
+
+
+FAST_PATH_MODULES = ["fast_dropout", "fast_loss", "fast_inference", "beam_cache", "token_layout"]
+
+
+@pytest.mark.parametrize("module_name", FAST_PATH_MODULES)
+def test_each_fast_path_module_names_the_plain_computation_and_tests_that_exist(module_name):
+    """Each fast-path module's docstring names the plain computation it equals and the tests here that prove it."""
+    import importlib
+    import re
+
+    doc = importlib.import_module(f"vanilla_transformer.modeling.{module_name}").__doc__
+    assert "Plain computation it equals" in doc and "Entered from one place" in doc
+    named = set(re.findall(r"\btest_\w+", doc.replace("tests/test_fast_paths.py", "")))
+    assert named, f"{module_name} names no test"
+    missing = [name for name in named if not callable(globals().get(name))]
+    assert not missing, f"{module_name} names tests that do not exist here: {missing}"

@@ -6,7 +6,6 @@ import struct
 
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_transformer_config
 from torch import nn
 from transformers import AutoModelForSeq2SeqLM
 
@@ -16,7 +15,7 @@ from vanilla_transformer.modeling import (
     VanillaBertForTokenClassification,
     VanillaTransformerForConditionalGeneration,
 )
-from vanilla_transformer.modeling.layers import token_cross_entropy
+from vanilla_transformer.modeling.losses import token_cross_entropy
 from vanilla_transformer.tokenization import train_bpe_tokenizer, train_wordpiece_tokenizer
 from vanilla_transformer.tokenization.corpus import SmallVocabularyWarning
 
@@ -29,7 +28,7 @@ from vanilla_transformer.tokenization.corpus import SmallVocabularyWarning
      ("max_position_embeddings", 0), ("layer_norm_eps", -1e-5), ("layer_norm_eps", 0.0), ("init_std", -0.1),
      ("encoder_layers", 2.5)],
 )
-def test_transformer_config_refuses_sizes_it_cannot_build(field, value):
+def test_transformer_config_refuses_sizes_it_cannot_build(field, value, tiny_transformer_config):
     with pytest.raises(ValueError, match=f"{field}="):
         tiny_transformer_config(**{field: value})
 
@@ -39,7 +38,7 @@ def test_transformer_config_refuses_sizes_it_cannot_build(field, value):
     [("num_hidden_layers", 0), ("vocab_size", 0), ("intermediate_size", 0), ("layer_norm_eps", -1.0),
      ("initializer_range", 0.0), ("type_vocab_size", 0)],
 )
-def test_bert_config_refuses_sizes_it_cannot_build(field, value):
+def test_bert_config_refuses_sizes_it_cannot_build(field, value, tiny_bert_config):
     with pytest.raises(ValueError, match=f"{field}="):
         tiny_bert_config(**{field: value})
 
@@ -47,9 +46,8 @@ def test_bert_config_refuses_sizes_it_cannot_build(field, value):
 # --- batches of the wrong shape or type ----------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def models():
-    torch.manual_seed(0)
+@pytest.fixture
+def models(tiny_transformer_config, tiny_bert_config):
     return {
         "seq2seq": VanillaTransformerForConditionalGeneration(tiny_transformer_config()).eval(),
         "bert": VanillaBertForMaskedLM(tiny_bert_config()).eval(),
@@ -62,7 +60,7 @@ def call(models, family, input_ids, **kwargs):
     return models[family](input_ids=input_ids, **kwargs)
 
 
-IDS = torch.randint(3, 99, (2, 6))
+IDS = torch.randint(3, 99, (2, 6), generator=torch.Generator().manual_seed(0))
 
 
 @pytest.mark.parametrize("family", ["seq2seq", "bert"])
@@ -98,25 +96,28 @@ def test_segment_ids_of_the_wrong_shape_are_named(models):
 # --- batches with nothing to predict -----------------------------------------------------------------------------
 
 
-def heads():
-    torch.manual_seed(0)
-    return {
-        "seq2seq": (VanillaTransformerForConditionalGeneration(tiny_transformer_config()), (2, 6)),
-        "mlm": (VanillaBertForMaskedLM(tiny_bert_config()), (2, 6)),
-        "sparse mlm": (VanillaBertForMaskedLM(tiny_bert_config(sparse_prediction=True)), (2, 6)),
-        "tokens": (VanillaBertForTokenClassification(tiny_bert_config(num_labels=3)), (2, 6)),
-        "sequence": (VanillaBertForSequenceClassification(tiny_bert_config(num_labels=3)), (2,)),
-    }
+HEADS = {  # model class, config overrides, label shape
+    "seq2seq": (VanillaTransformerForConditionalGeneration, {}, (2, 6)),
+    "mlm": (VanillaBertForMaskedLM, {}, (2, 6)),
+    "sparse mlm": (VanillaBertForMaskedLM, dict(sparse_prediction=True), (2, 6)),
+    "tokens": (VanillaBertForTokenClassification, dict(num_labels=3), (2, 6)),
+    "sequence": (VanillaBertForSequenceClassification, dict(num_labels=3), (2,)),
+}
 
 
-@pytest.mark.parametrize("head", list(heads()))
-def test_a_batch_without_labels_to_predict_has_zero_loss_and_leaves_the_weights_finite(head):
-    model, label_shape = heads()[head]
+@pytest.mark.parametrize("head", list(HEADS))
+def test_a_batch_without_labels_to_predict_has_zero_loss_and_leaves_the_weights_finite(
+    head, tiny_transformer_config, tiny_bert_config
+):
+    model_class, overrides, label_shape = HEADS[head]
+    config = tiny_transformer_config if model_class is VanillaTransformerForConditionalGeneration else tiny_bert_config
+    model = model_class(config(**overrides))
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     loss = model(input_ids=IDS, labels=torch.full(label_shape, -100)).loss
     assert loss.item() == 0.0  # a plain mean over no label is NaN
     loss.backward()
+    assert all(p.grad is None or (p.grad == 0).all() for p in model.parameters())  # nothing to learn from
     optimizer.step()
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
@@ -133,14 +134,13 @@ def test_token_cross_entropy_is_the_mean_over_labelled_positions():
 # --- damaged weight files ---------------------------------------------------------------------------------------
 
 
-def saved_model(tmp_path):
-    torch.manual_seed(0)
-    VanillaTransformerForConditionalGeneration(tiny_transformer_config()).save_pretrained(tmp_path)
+def saved_model(tmp_path, config):
+    VanillaTransformerForConditionalGeneration(config).save_pretrained(tmp_path)
     return tmp_path / "model.safetensors"
 
 
-def test_weights_turned_into_nan_by_a_flipped_bit_are_refused(tmp_path):
-    weights = saved_model(tmp_path)
+def test_weights_turned_into_nan_by_a_flipped_bit_are_refused(tmp_path, tiny_transformer_config):
+    weights = saved_model(tmp_path, tiny_transformer_config())
     data = bytearray(weights.read_bytes())
     header = struct.unpack("<Q", data[:8])[0]
     offset = 8 + header + 64  # somewhere in the first float32 tensor
@@ -153,8 +153,8 @@ def test_weights_turned_into_nan_by_a_flipped_bit_are_refused(tmp_path):
     assert not all(torch.isfinite(p).all() for p in model.parameters())
 
 
-def test_a_weights_file_cut_short_is_named(tmp_path):
-    weights = saved_model(tmp_path)
+def test_a_weights_file_cut_short_is_named(tmp_path, tiny_transformer_config):
+    weights = saved_model(tmp_path, tiny_transformer_config())
     weights.write_bytes(weights.read_bytes()[:-100])
     with pytest.raises(ValueError, match=f"{tmp_path}.*damaged.*copy or download it again"):
         AutoModelForSeq2SeqLM.from_pretrained(tmp_path)

@@ -3,14 +3,15 @@ torch.nn.TransformerEncoderLayer / TransformerDecoderLayer with copied weights."
 
 import pytest
 import torch
-from conftest import tiny_transformer_config
 from torch import nn
 from transformers import MarianConfig, MarianMTModel
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
 from vanilla_transformer.modeling.convert_marian import convert_marian_to_vanilla, marian_to_paper_permutation
-from vanilla_transformer.modeling.layers import MultiHeadAttention, TransformerLayer, sinusoidal_table
+from vanilla_transformer.modeling.attention import MultiHeadAttention
+from vanilla_transformer.modeling.embeddings import sinusoidal_table
+from vanilla_transformer.modeling.layers import TransformerLayer
 
 PAD = 98  # Marian's convention: the last id pads and starts decoding
 
@@ -136,7 +137,7 @@ def test_marian_with_layerdrop_converts_exactly_for_inference():
     )
 
 
-def test_unconvertible_models_raise():
+def test_unconvertible_models_raise(tiny_transformer_config):
     with pytest.raises(ValueError, match="expected a transformers.MarianMTModel"):
         convert_marian_to_vanilla(VanillaTransformerForConditionalGeneration(tiny_transformer_config()))
     with pytest.raises(ValueError, match="separate decoder vocabulary"):
@@ -209,7 +210,7 @@ LAYER_VARIANTS = [
 
 
 @pytest.mark.parametrize("normalize_before, attn_implementation", LAYER_VARIANTS)
-def test_encoder_layer_equals_torch(normalize_before, attn_implementation):
+def test_encoder_layer_equals_torch(normalize_before, attn_implementation, tiny_transformer_config):
     config = tiny_transformer_config(normalize_before=normalize_before, attn_implementation=attn_implementation)
     reference = nn.TransformerEncoderLayer(
         32, 4, dim_feedforward=37, dropout=0.0, activation="relu", batch_first=True, norm_first=normalize_before
@@ -232,7 +233,7 @@ def test_encoder_layer_equals_torch(normalize_before, attn_implementation):
 
 
 @pytest.mark.parametrize("normalize_before, attn_implementation", LAYER_VARIANTS)
-def test_decoder_layer_equals_torch(normalize_before, attn_implementation):
+def test_decoder_layer_equals_torch(normalize_before, attn_implementation, tiny_transformer_config):
     config = tiny_transformer_config(normalize_before=normalize_before, attn_implementation=attn_implementation)
     reference = nn.TransformerDecoderLayer(
         32, 4, dim_feedforward=37, dropout=0.0, activation="relu", batch_first=True, norm_first=normalize_before

@@ -1,0 +1,108 @@
+"""Fast path: beam search caches the cross-attention keys and values once per sentence, not once per beam.
+
+`generate` lays a sentence's beams out as consecutive batch rows of one encoder output, repeated. The keys and values
+of cross-attention are a function of the encoder output alone: equal on a sentence's rows. They are projected and
+cached for one row per sentence, and each beam's queries read that row: 1 / num_beams of the cache and of the keys
+and values the attention reads at every step.
+
+Plain computation it equals: cross-attention with one row of keys and values per batch row (`k_proj(memory)`,
+`v_proj(memory)` for the whole (B, S, D) encoder output, cached as they are). Proven by
+`tests/test_fast_paths.py::test_beam_search_caches_cross_attention_once_per_sentence` (same sequences, scores and
+attention weights as without a cache), `test_shared_cross_attention_cache_stays_exact_under_any_reorder` and
+`test_repeated_rows_finds_the_runs_of_equal_rows`.
+
+Entered from one place: `MultiHeadAttention.memory_keys_values` (`attention.py`) calls `one_row_per_sentence` at the
+first decoding step; the attention kernel is then wrapped by `shared_rows_kernel`, where the keys have fewer rows
+than the queries.
+"""
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+
+def repeated_rows(states: torch.Tensor, mask: torch.Tensor | None = None) -> int:
+    """The largest g such that `states` (B, ...), and `mask` (B, ...) with it, are B / g runs of g equal
+    consecutive rows; 1 if there is none. Beam search repeats each sentence's encoder output once per beam."""
+    batch = states.shape[0]
+    run = 1  # rows equal to the first one, in a row: the size of the groups is a divisor of it
+    while run < batch and torch.equal(states[run], states[0]):
+        run += 1
+    for size in range(run, 1, -1):
+        if run % size or batch % size:
+            continue
+        if all(
+            torch.equal(grouped, grouped[:, :1].expand_as(grouped))
+            for grouped in (x.unflatten(0, (-1, size)) for x in (states, mask) if x is not None)
+        ):
+            return size
+    return 1
+
+
+class SharedRowsLayer(DynamicLayer):
+    """A cross-attention cache layer that holds one row of keys/values for each run of `shared` consecutive batch
+    rows that have the same ones (beam search: a sentence's beams), batch row i reading stored row i // shared.
+    Selecting or reordering batch rows keeps it exact: a reorder within the runs changes nothing (beam search
+    only moves beams within a sentence); any other selection gets one stored row per batch row."""
+
+    def __init__(self, shared: int):
+        super().__init__()
+        self.shared = shared
+
+    def reorder_cache(self, beam_idx: torch.Tensor) -> None:
+        if self.get_seq_length() == 0:
+            return
+        runs = beam_idx.to(self.keys.device) // self.shared
+        if not torch.equal(runs, torch.arange(len(runs), device=runs.device) // self.shared):
+            self.batch_select_indices(beam_idx)
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.get_seq_length() == 0:
+            return
+        rows = torch.arange(self.keys.shape[0] * self.shared, device=self.keys.device)[indices] // self.shared
+        self.keys, self.values, self.shared = self.keys[rows], self.values[rows], 1
+
+
+def one_row_per_sentence(attention, cross_cache: Cache, memory: torch.Tensor, attention_mask) -> torch.Tensor:
+    """The encoder output `memory` (B, S, D) with one row per run of equal rows (B / g, S, D), the cache layer of
+    `attention` made a `SharedRowsLayer(g)` that knows which batch rows read which stored row. Unchanged when no rows
+    repeat, or when the cache or the kernel cannot take shared rows: a static cache has its batch size fixed; the
+    eager and sdpa kernels take a (B, 1, T, S) mask or none, which can be cut to one row per sentence."""
+    layer_idx, layers = attention.layer_idx, cross_cache.layers
+    layer_class = (type(layers[layer_idx]) if layer_idx < len(layers)
+                   else getattr(cross_cache, "layer_class_to_replicate", None))
+    if not (
+        layer_class is DynamicLayer
+        and not torch.compiler.is_compiling()  # finding the shared rows reads tensor values
+        and attention.config._attn_implementation in ("eager", "sdpa")
+        and (attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4))
+    ):
+        return memory
+    shared = repeated_rows(memory, attention_mask)
+    if shared == 1:
+        return memory
+    while len(layers) <= layer_idx:
+        layers.append(DynamicLayer())
+    layers[layer_idx] = SharedRowsLayer(shared)
+    return memory[::shared]  # (B / shared, S, D)
+
+
+def shared_rows_kernel(kernel):
+    """`kernel` for queries (B, H, T, Dh) over keys/values (B / g, K, S, Dh) that g consecutive query rows share:
+    the queries of the rows that share a row of keys, as one longer query (B / g, H, g * T, Dh), one kernel call.
+    Cross-attention only (no causal mask). Returns (B, T, H, Dh) and the weights (B, H, T, S), as the kernel would."""
+
+    def attend(module, query, key, value, attention_mask, **kwargs):
+        batch, _, length, _ = query.shape
+        shared = batch // key.shape[0]
+        query = query.unflatten(0, (-1, shared)).transpose(1, 2).flatten(2, 3)  # (B / g, H, g * T, Dh)
+        if attention_mask is not None:  # equal on the rows that share; (B / g, 1, T or g * T, S)
+            attention_mask = attention_mask[::shared]
+            if attention_mask.shape[2] > 1:
+                attention_mask = attention_mask.repeat(1, 1, shared, 1)
+        output, weights = kernel(module, query, key, value, attention_mask, **kwargs)
+        output = output.reshape(batch, length, *output.shape[2:])  # (B, T, H, Dh): the rows in batch order already
+        if weights is not None:
+            weights = weights.unflatten(2, (shared, length)).transpose(1, 2).flatten(0, 1)  # (B, H, T, S)
+        return output, weights
+
+    return attend

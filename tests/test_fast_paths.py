@@ -14,6 +14,7 @@ from vanilla_transformer.modeling import (
     VanillaTransformerForConditionalGeneration,
     fast_inference,
 )
+from vanilla_transformer.modeling import attention as attention_module
 from vanilla_transformer.modeling.attention import eager_attention_forward
 from vanilla_transformer.modeling.beam_cache import repeated_rows
 from vanilla_transformer.modeling.compat import output_cache
@@ -256,7 +257,7 @@ def test_eager_kernel_takes_the_sdpa_masks(groups):
     assert (weights[..., 0, 5] == 0).all() and (weights[..., 1, :] > 0).all()  # query 4 does not see key 5
 
 
-def test_cpu_training_attention_path_equals_sdpa(tiny_bert_config, tiny_transformer_config):
+def test_cpu_training_attention_path_equals_sdpa(tiny_bert_config, tiny_transformer_config, monkeypatch):
     """In training on CPU with attention dropout, sdpa models run the eager kernel on sdpa's masks. With a dropout
     probability too small to drop anything, training outputs equal the sdpa kernel's in eval mode."""
     torch.manual_seed(0)
@@ -264,8 +265,17 @@ def test_cpu_training_attention_path_equals_sdpa(tiny_bert_config, tiny_transfor
     bert_config = tiny_bert_config(attention_probs_dropout_prob=tiny_p)
     bert = VanillaBertForMaskedLM(bert_config)
     input_ids, mask = padded_batch(bert_config.vocab_size, [9, 3, 6])
+    calls = []
+
+    def counted(*args, **kwargs):
+        calls.append(bert.training)
+        return eager_attention_forward(*args, **kwargs)
+
+    monkeypatch.setattr(attention_module, "eager_attention_forward", counted)
     expected = bert.eval()(input_ids=input_ids, attention_mask=mask).logits
+    assert calls == []  # eval: the sdpa kernel
     got = bert.train()(input_ids=input_ids, attention_mask=mask).logits
+    assert calls == [True] * bert_config.num_hidden_layers  # training: the eager kernel, once per layer
     torch.testing.assert_close(got[mask.bool()], expected[mask.bool()])
 
     config = tiny_transformer_config(dropout=0.0, attention_dropout=tiny_p)

@@ -618,9 +618,8 @@ def write_report(results: list[Result], args, out: Path) -> None:
     print("\n".join(lines))
 
 
-def main(args: BenchmarkArguments) -> None:
+def run(args: BenchmarkArguments) -> None:
     torch.manual_seed(args.seed)
-    sys.path.insert(0, str(Path(__file__).parent))
     print(f"machine: {machine()}")
     results = []
     if args.cases is None:
@@ -633,6 +632,11 @@ def main(args: BenchmarkArguments) -> None:
         scaling_plot(args, Path(args.output_dir))
 
 
+def main(argv: list[str] | None = None) -> int:
+    (benchmark_args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses(args=argv)
+    run(benchmark_args)
+    return 0
+
+
 if __name__ == "__main__":
-    (benchmark_args,) = HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses()
-    main(benchmark_args)
+    sys.exit(main())

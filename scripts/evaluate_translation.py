@@ -1,6 +1,6 @@
 """Translate a test set with a trained model (batched beam search) and score it with sacreBLEU and chrF through
-`evaluate`, using the offline metric modules in scripts/metrics. Writes the scores and every translation to JSON
-(and the hypotheses, one per line, beside it), e.g. for Multi30k de->en:
+`evaluate`, using the offline metric modules installed with the package (`vanilla_transformer.training.metrics`).
+Writes the scores and every translation to JSON (and the hypotheses, one per line, beside it), e.g. Multi30k de->en:
 
     python scripts/evaluate_translation.py --model_dir outputs/multi30k/final \\
         --split ../shared/data/multi30k/test_2016_flickr --output_file outputs/multi30k/test_scores.json
@@ -15,27 +15,25 @@ The model folder, the options and the output paths are checked before the test s
 
 import json
 import math
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import evaluate
 import torch
-from tqdm.auto import tqdm
-from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser, LogitsProcessor, LogitsProcessorList
+from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
-from model_folders import (
+from vanilla_transformer.training.errors import ArgumentError, DataError, errors_without_traceback
+from vanilla_transformer.training.model_folders import (
     check_finite_weights,
     check_model_folder,
     check_not_a_model_file,
     check_tokenizer_fits,
     check_writable_file,
 )
-from trainer_utils import ArgumentError, errors_without_traceback
-from translation_data import CorpusArguments, DataError, load_parallel
-
-METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+from vanilla_transformer.training.translation_data import CorpusArguments, load_parallel
+from vanilla_transformer.training.translation_eval import load_metrics, score, translate
 
 
 @dataclass
@@ -59,59 +57,7 @@ class EvaluationArguments:
             raise ArgumentError(f"--length_penalty must be a finite number, got {self.length_penalty}")
 
 
-def load_metrics() -> dict:
-    """{"sacrebleu": ..., "chrf": ...}: the local evaluate modules (no network)."""
-    return {name: evaluate.load(str(METRICS_DIR / name)) for name in ("sacrebleu", "chrf")}
-
-
-def score(hypotheses: list[str], references: list[str], metrics: dict) -> dict:
-    bleu = metrics["sacrebleu"].compute(predictions=hypotheses, references=[[r] for r in references])
-    chrf = metrics["chrf"].compute(predictions=hypotheses, references=[[r] for r in references])
-    return {
-        "sacrebleu": round(bleu["score"], 2),
-        "chrf": round(chrf["score"], 2),
-        "sacrebleu_signature": bleu["signature"],
-        "chrf_signature": chrf["signature"],
-    }
-
-
-class SourceLengthLimit(LogitsProcessor):
-    """End each translation after `factor` x its source length + 10 tokens (Marian's --max-length-factor, fairseq's
-    max_len_a/b): per sentence, so a result does not depend on the batch it was in, and a half-trained model's
-    repetition loops stop early instead of running to max_new_tokens."""
-
-    def __init__(self, source_lengths: torch.Tensor, eos_token_id: int, factor: float):
-        self.limits = (factor * source_lengths).long() + 10  # (B,)
-        self.eos_token_id = eos_token_id
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        limits = self.limits.repeat_interleave(input_ids.shape[0] // len(self.limits))  # (B * beams,)
-        done = input_ids.shape[1] - 1 >= limits  # tokens generated so far, after the decoder start token
-        if done.any():
-            scores = scores.masked_fill(done[:, None], float("-inf"))
-            scores[done, self.eos_token_id] = 0.0
-        return scores
-
-
-@torch.no_grad()
-def translate(model, tokenizer, sources: list[str], batch_size: int = 64, show_progress: bool = False,
-              max_length_factor: float = 2.0, **generate_kwargs) -> list[str]:
-    """Batched generation, in order of source length (little padding); the results in the order of `sources`.
-    `generate_kwargs` override the model's generation config (num_beams, length_penalty, max_new_tokens...)."""
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    translations = [""] * len(sources)
-    for start in tqdm(range(0, len(order), batch_size), desc="translating", unit="batch", disable=not show_progress):
-        chunk = order[start : start + batch_size]
-        batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True,
-                          max_length=model.config.max_position_embeddings, return_tensors="pt").to(model.device)
-        limit = SourceLengthLimit(batch["attention_mask"].sum(1), tokenizer.eos_token_id, max_length_factor)
-        output = model.generate(**batch, logits_processor=LogitsProcessorList([limit]), **generate_kwargs)
-        for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
-            translations[i] = text
-    return translations
-
-
-def main(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
+def run(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
     # Checked before the test set is read and translated; our package is imported, so our folders load with the
     # local classes: the folder's own .py files never run.
     folder = check_model_folder(args.model_dir, "--model_dir", encoder_decoder=True,
@@ -167,6 +113,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, Corp
     return HfArgumentParser((EvaluationArguments, CorpusArguments)).parse_args_into_dataclasses(args=argv)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        main(*parse_args())
+        run(*parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

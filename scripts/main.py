@@ -14,24 +14,23 @@
 
 import math
 import random
+import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
 from transformers import (
     AutoModelForMaskedLM,
     AutoModelForSeq2SeqLM,
     AutoTokenizer,
     DataCollatorForLanguageModeling,
+    DataCollatorForSeq2Seq,
     HfArgumentParser,
     pipeline,
 )
 
-from pretrain_mlm import group_blocks
-from text_data import stdlib_docstrings
-from translation_data import babel_pairs, file_pairs, read_lines
 from vanilla_transformer.modeling import (
     VanillaBertConfig,
     VanillaBertForMaskedLM,
@@ -40,6 +39,10 @@ from vanilla_transformer.modeling import (
 )
 from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer, train_wordpiece_tokenizer
+from vanilla_transformer.training.batching import sized_batches
+from vanilla_transformer.training.loop import LoopArguments, TrainingTask, loop_optimizer, make_accelerator, train
+from vanilla_transformer.training.text_data import group_blocks, stdlib_docstrings
+from vanilla_transformer.training.translation_data import babel_pairs, file_pairs, read_lines
 
 FAMILIES = ("translation", "bert")
 # Fill-mask probes in the style of the default text (docstrings); the answers are whatever the model learned.
@@ -53,7 +56,8 @@ FILL_MASK_PROBES = [
 
 @dataclass
 class MainArguments:
-    output_dir: str = field(default="outputs/main", metadata={"help": "where the Hub-ready folders go"})
+    output_dir: str = field(default="outputs/main", metadata={"help": "where the Hub-ready folders go (and training/: "
+                                                                      "each part's checkpoint and log.jsonl)"})
     families: list[str] = field(default_factory=lambda: list(FAMILIES),
                                 metadata={"help": "which model families to train: translation, bert or both"})
     seed: int = 0
@@ -94,53 +98,35 @@ class MainArguments:
             raise ValueError("pass both --source_file and --target_file (one sentence per line, aligned)")
 
 
-def inverse_sqrt_schedule(step: int, warmup_steps: int) -> float:
-    """The paper's schedule (section 5.3), as a factor of the peak rate: linear warmup, then 1/sqrt(step)."""
-    step = max(step, 1)
-    return min(step / warmup_steps, math.sqrt(warmup_steps / step))
-
-
-def fit(model, batches_per_epoch, epochs: int, learning_rate: float, warmup_steps: int, description: str,
-        loss_of=lambda model, batch: model(**batch).loss) -> float:
-    """Adam (the paper's betas), warmup then inverse square root, gradient clipping; a progress bar. Returns the
-    seconds spent. `batches_per_epoch()` yields one epoch's batches, freshly shuffled."""
-    optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate, betas=(0.9, 0.98), eps=1e-9)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: inverse_sqrt_schedule(s + 1, warmup_steps))
-    model.train()
-    start = time.time()
-    epoch_batches = batches_per_epoch()
-    with tqdm(total=epochs * len(epoch_batches), desc=description, unit="step") as bar:
-        for epoch in range(epochs):
-            for batch in epoch_batches:
-                loss = loss_of(model, batch)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
-                bar.set_postfix(loss=f"{loss.item():.3f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
-                bar.update()
-            if epoch + 1 < epochs:
-                epoch_batches = batches_per_epoch()
-    model.eval()
-    return time.time() - start
+def fit(model, dataset: list, lengths: list[int], collate, args: MainArguments, family: str, epochs: int,
+        batch_size: int, learning_rate: float, warmup_steps: int, **task_options) -> float:
+    """Train `model` on `dataset` through the project's one loop (`vanilla_transformer.training.loop.train`, as every
+    training script): Adam with the paper's betas, linear warmup then inverse square root decay, gradient clipping,
+    a progress bar, batches of `batch_size` examples of similar length in an order drawn from (seed, epoch). Its
+    checkpoint and log.jsonl go to output_dir/training/<family>, made afresh on each run of the main job. Returns the
+    seconds spent; the model is left in eval mode. `task_options`: TrainingTask's loss, count_tokens..."""
+    run_dir = Path(args.output_dir) / "training" / family
+    shutil.rmtree(run_dir, ignore_errors=True)  # the main job starts over each time; its folders are its own
+    loop = LoopArguments(output_dir=str(run_dir), num_epochs=epochs, learning_rate=learning_rate,
+                         warmup_steps=warmup_steps, seed=args.seed,
+                         save_steps=10**9, keep_checkpoints=1)  # one checkpoint, at the end
+    accelerator = make_accelerator(loop)
+    optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
+    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    task = TrainingTask(
+        dataset=dataset,
+        collate=collate,
+        epoch_batches=lambda epoch: sized_batches(lengths, batch_size, args.seed, epoch),
+        **{"loss": lambda model, batch, num_items: model(**batch, num_items_in_batch=num_items).loss, **task_options},
+    )
+    outcome = train(accelerator, model, optimizer, scheduler, task, loop)
+    if not outcome.completed:  # Ctrl-C or SIGTERM: the loop saved a checkpoint and stopped; so does the job
+        raise KeyboardInterrupt(f"{family} training interrupted at step {outcome.global_step}")
+    accelerator.unwrap_model(model).cpu().eval()  # the rest of the job (scoring, saving, pipelines) runs on the CPU
+    return outcome.train_seconds
 
 
 # ------------------------------------------------------------------------------------------------ translation
-
-
-def translation_batches(pairs, tokenizer, batch_size) -> list:
-    """Length-sorted batches (little padding), in random order."""
-    order = sorted(range(len(pairs)), key=lambda i: len(pairs[i][0]))
-    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    random.shuffle(chunks)
-    batches = []
-    for chunk in chunks:
-        sources, targets = zip(*(pairs[i] for i in chunk))
-        batch = tokenizer(list(sources), text_target=list(targets), padding=True, truncation=True, return_tensors="pt")
-        batch["labels"] = batch["labels"].masked_fill(batch["labels"] == tokenizer.pad_token_id, -100)
-        batches.append(batch)
-    return batches
 
 
 def translation_job(args: MainArguments) -> Path:
@@ -169,9 +155,14 @@ def translation_job(args: MainArguments) -> Path:
     model = VanillaTransformerForConditionalGeneration(config)
     print(f"[translation] tokenizer: {len(tokenizer)} BPE tokens; model: {model.num_parameters() / 1e6:.2f}M "
           "parameters")
-    seconds = fit(model, lambda: translation_batches(train, tokenizer, args.batch_size), args.epochs,
-                  args.learning_rate, args.warmup_steps, "translation",
-                  loss_of=lambda model, batch: model(**batch, smoothing=args.label_smoothing).loss)
+    sources, targets = zip(*train)
+    encoded = tokenizer(list(sources), text_target=list(targets), truncation=True)
+    examples = [{"input_ids": ids, "labels": labels} for ids, labels in zip(encoded["input_ids"], encoded["labels"])]
+    collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
+    seconds = fit(model, examples, [len(e["input_ids"]) for e in examples], collate, args, "translation",
+                  args.epochs, args.batch_size, args.learning_rate, args.warmup_steps,
+                  loss=lambda model, batch, num_items: model(**batch, smoothing=args.label_smoothing,
+                                                             num_items_in_batch=num_items).loss)
     print(f"[translation] trained in {seconds:.0f} s")
 
     model.generation_config.num_beams = 4
@@ -233,12 +224,9 @@ def bert_job(args: MainArguments) -> Path:
 
     collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)  # 80% [MASK], 10% random, 10% kept
 
-    def epoch():
-        order = torch.randperm(len(train_blocks)).tolist()
-        return [collate([train_blocks[i] for i in order[start : start + args.bert_batch_size]])
-                for start in range(0, len(order), args.bert_batch_size)]
-
-    seconds = fit(model, epoch, args.bert_epochs, args.bert_learning_rate, args.bert_warmup_steps, "bert (MLM)")
+    seconds = fit(model, train_blocks, [len(b["input_ids"]) for b in train_blocks], collate, args, "bert",
+                  args.bert_epochs, args.bert_batch_size, args.bert_learning_rate, args.bert_warmup_steps,
+                  count_tokens=lambda batch: batch["attention_mask"].sum())  # the labels are a subset of the inputs
     print(f"[bert] trained in {seconds:.0f} s; held-out perplexity (masked tokens, 15%): "
           f"{held_out_perplexity(model, held_out_blocks, tokenizer, args.seed):.1f}")
     folder = save_for_hub(model, output_dir / "bert", tokenizer)
@@ -267,7 +255,7 @@ def held_out_perplexity(model, blocks: list[dict], tokenizer, seed: int) -> floa
     return math.exp(total / max(count, 1))
 
 
-def main(args: MainArguments) -> dict[str, Path]:
+def run(args: MainArguments) -> dict[str, Path]:
     random.seed(args.seed)
     torch.manual_seed(args.seed)
     start = time.time()
@@ -282,6 +270,11 @@ def main(args: MainArguments) -> dict[str, Path]:
     return folders
 
 
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(MainArguments).parse_args_into_dataclasses(args=argv)
+    run(args)
+    return 0
+
+
 if __name__ == "__main__":
-    (main_args,) = HfArgumentParser(MainArguments).parse_args_into_dataclasses()
-    main(main_args)
+    sys.exit(main())

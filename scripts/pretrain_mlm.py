@@ -1,6 +1,7 @@
 """Masked-language-model pretraining of `VanillaBertForMaskedLM` (BERT's first objective; no next-sentence
-prediction), from scratch or continued from a checkpoint, on the shared Accelerate loop of `trainer_utils.py`
-(progress bar, log.jsonl, training_curves.png, checkpoints, --resume, Ctrl-C saves).
+prediction), from scratch or continued from a checkpoint, on the project's one Accelerate loop
+(`vanilla_transformer.training.loop`: progress bar, log.jsonl, training_curves.png, checkpoints, --resume, Ctrl-C
+saves).
 
 Text: local files, one document per line (blank lines skipped, .gz accepted), or a `datasets` Hub id. Documents
 are tokenized with a WordPiece trained on the training text (or --tokenizer_name, or the checkpoint's), closed
@@ -66,29 +67,31 @@ from transformers import (
     HfArgumentParser,
 )
 
-from trainer_utils import (
+from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
+from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
+from vanilla_transformer.training.batching import token_batches
+from vanilla_transformer.training.checkpoints import ResumePoint, prepare_output_dir, save_final
+from vanilla_transformer.training.errors import (
     ArgumentError,
     CheckpointError,
-    LoopArguments,
-    ResumePoint,
-    TrainingTask,
-    check_tokenizer,
+    DataError,
+    DataFileNotFoundError,
     errors_without_traceback,
+)
+from vanilla_transformer.training.logs import plot_log
+from vanilla_transformer.training.loop import (
+    LoopArguments,
+    TrainingTask,
+    loop_optimizer,
     make_accelerator,
-    make_optimizer,
     mean_loss,
     paper_learning_rate,
     peak_learning_rate,
-    plot_log,
-    prepare_output_dir,
-    save_final,
-    token_batches,
-    tokenizer_fingerprint,
     train,
 )
-from translation_data import READER_VERSION, DataError, DataFileNotFoundError, load_dataset_split, text_lines
-from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
-from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
+from vanilla_transformer.training.text_data import group_blocks
+from vanilla_transformer.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
+from vanilla_transformer.training.translation_data import READER_VERSION, load_dataset_split, text_lines
 
 # A new model's size when none is given: BERT-Mini (Turc et al. 2019), small enough for a CPU.
 DEFAULT_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
@@ -213,32 +216,6 @@ def _lines(path: str):
         yield {"text": line}
     if empty:
         raise DataError(f"{path} is empty: give a file with one document per line")
-
-
-def group_blocks(documents: dict[str, list[list]], block_size: int, cls_id: int, sep_id: int) -> dict[str, list]:
-    """Documents tokenized without special tokens -> blocks of `block_size` tokens: BERT's input format.
-
-    Each document is closed with [SEP], the documents are concatenated, and the stream is cut into pieces of
-    `block_size - 1` tokens, each opened with [CLS]: "[CLS] ... end of a document [SEP] next document ...".
-    (The grouping of transformers' run_mlm.py, but with [CLS] first in every block, where fine-tuning reads the
-    sequence, and with the shorter last block kept rather than dropped: every token is trained on.)
-    Returns input_ids and special_tokens_mask (so the collator never masks [CLS] or [SEP]); offset_mapping too
-    when the documents have it (whole-word masking: a special token between two pieces ends a word)."""
-    columns = {"input_ids": [], "special_tokens_mask": []}
-    with_offsets = "offset_mapping" in documents
-    if with_offsets:
-        columns["offset_mapping"] = []
-    for index, ids in enumerate(documents["input_ids"]):
-        columns["input_ids"] += [*ids, sep_id]
-        columns["special_tokens_mask"] += [0] * len(ids) + [1]
-        if with_offsets:
-            columns["offset_mapping"] += [*map(tuple, documents["offset_mapping"][index]), (0, 0)]
-    first = {"input_ids": cls_id, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
-    piece = block_size - 1
-    return {
-        name: [[first[name], *stream[start : start + piece]] for start in range(0, len(stream), piece)]
-        for name, stream in columns.items()
-    }
 
 
 def tokenize_blocks(texts: datasets.Dataset, tokenizer, block_size: int, whole_word_mask: bool,
@@ -366,7 +343,7 @@ def get_model(args: PretrainArguments, tokenizer) -> VanillaBertForMaskedLM:
 # ------------------------------------------------------------------------------------------------------ main
 
 
-def main(args: PretrainArguments, loop: LoopArguments):
+def run(args: PretrainArguments, loop: LoopArguments):
     if loop.average_last != 1:
         raise ArgumentError("--average_last: checkpoint averaging is offered by train_translation.py only")
     accelerator = make_accelerator(loop)
@@ -399,7 +376,7 @@ def main(args: PretrainArguments, loop: LoopArguments):
 
     model = get_model(args, tokenizer)
     learning_rate = peak_learning_rate(loop, paper_learning_rate(model.config.hidden_size, loop.warmup_steps))
-    optimizer, scheduler = make_optimizer(model, loop, learning_rate)
+    optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     accelerator.print(
         f"{len(texts['train'])} training documents -> {len(lengths)} blocks, {sum(lengths)} tokens; validation "
@@ -453,8 +430,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopAr
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        outcome = main(*parse_args())
-    if outcome.stop_reason == "interrupted":
-        sys.exit(130)
+        outcome = run(*parse_args(argv))
+    return 130 if outcome.stop_reason == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -15,6 +15,7 @@ Hub repo id. Only this package's classes load the model: the folder's own .py fi
 
 import json
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our classes with the Auto classes)
-from model_folders import (
+from vanilla_transformer.training.model_folders import (
     ModelFolderError,
     check_finite_weights,
     check_model_folder,
@@ -31,10 +32,12 @@ from model_folders import (
     check_tokenizer_fits,
     check_writable_dir,
 )
-from trainer_utils import errors_without_traceback
 from vanilla_transformer.modeling.hub import hub_classes, save_for_hub
+from vanilla_transformer.training.errors import errors_without_traceback
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_card.md"
+# The model card template: model_card.md at the top of the clone; scripts/model_card.md links to it, so that it is
+# installed beside this file (package data of vanilla_transformer.scripts).
+TEMPLATE = Path(__file__).parent / "model_card.md"
 
 # What each head is for on the Hub: (Auto class, pipeline tag, usage line for the card)
 HEADS = {
@@ -215,11 +218,12 @@ def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
     return output_dir
 
 
-def main() -> None:
-    (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses()
+def main(argv: list[str] | None = None) -> int:
+    (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses(args=argv)
     with errors_without_traceback():
         publish(args)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

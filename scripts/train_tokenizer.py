@@ -15,6 +15,7 @@ missing, empty or blank, not UTF-8 or a broken .gz are errors naming the file (a
 comes out smaller than --vocab_size is a warning with the counts.
 """
 
+import sys
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -22,8 +23,14 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from trainer_utils import ArgumentError, errors_without_traceback
-from translation_data import DataError, DataFileNotFoundError, DataWarning, load_dataset_split, text_lines
+from vanilla_transformer.training.errors import (
+    ArgumentError,
+    DataError,
+    DataFileNotFoundError,
+    DataWarning,
+    errors_without_traceback,
+)
+from vanilla_transformer.training.translation_data import load_dataset_split, text_lines
 from vanilla_transformer.tokenization import train_bpe_tokenizer
 
 
@@ -75,7 +82,7 @@ def texts(args: TokenizerArguments) -> Iterator[str]:
                 yield row[column]
 
 
-def main(args: TokenizerArguments):
+def run(args: TokenizerArguments):
     for path in args.files:  # before the first file is read
         if not Path(path).is_file():
             raise DataFileNotFoundError(f"--files {path}: no such file" + (" (it is a folder)" if Path(path).is_dir()
@@ -113,7 +120,12 @@ def main(args: TokenizerArguments):
     return tokenizer
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        (arguments,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses()
-        main(arguments)
+        (arguments,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses(args=argv)
+        run(arguments)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

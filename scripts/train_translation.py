@@ -40,42 +40,40 @@ import torch
 from accelerate.utils import gather_object, set_seed
 from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 
-from evaluate_translation import load_metrics, score, translate
-from trainer_utils import (
+from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
+from vanilla_transformer.training.batching import token_batches
+from vanilla_transformer.training.checkpoints import ResumePoint, average_checkpoints, prepare_output_dir, save_final
+from vanilla_transformer.training.errors import (
     ArgumentError,
     CheckpointError,
-    LoopArguments,
-    ResumePoint,
-    TrainingTask,
-    average_checkpoints,
+    DataError,
+    DataFileNotFoundError,
     check_fraction,
     check_positive,
-    check_tokenizer,
     errors_without_traceback,
+)
+from vanilla_transformer.training.logs import plot_log
+from vanilla_transformer.training.loop import (
+    LoopArguments,
+    TrainingTask,
+    loop_optimizer,
     make_accelerator,
-    make_optimizer,
     mean_loss,
     paper_learning_rate,
     peak_learning_rate,
-    plot_log,
-    prepare_output_dir,
-    save_final,
-    token_batches,
-    tokenizer_fingerprint,
     train,
 )
-from translation_data import (
+from vanilla_transformer.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
+from vanilla_transformer.training.translation_data import (
     CorpusArguments,
-    DataError,
-    DataFileNotFoundError,
     load_parallel,
     pair_lengths,
     split_files,
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
-from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
+from vanilla_transformer.training.translation_eval import load_metrics, score, translate
 
 
 @dataclass
@@ -127,7 +125,7 @@ class TranslationArguments:
             raise ArgumentError("--length_penalties: give at least one")
 
 
-# Arguments of the evaluation only: a resumed run may change them (trainer_utils.CHANGEABLE_ON_RESUME has the rest).
+# Arguments of the evaluation only: a resumed run may change them (checkpoints.CHANGEABLE_ON_RESUME has the rest).
 EVALUATION_ONLY = ("num_beams", "length_penalties", "eval_batch_size")
 
 
@@ -154,7 +152,7 @@ def model_config(args: TranslationArguments, tokenizer=None) -> VanillaTransform
         raise ArgumentError(f"the model arguments do not make a model: {error}") from None
 
 
-def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments):
+def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments):
     accelerator = make_accelerator(loop)
     output_dir = Path(loop.output_dir)
     set_seed(loop.seed)
@@ -192,7 +190,7 @@ def main(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArgument
     model.generation_config.length_penalty = args.length_penalties[0]
     model.generation_config.max_new_tokens = args.max_length
     learning_rate = peak_learning_rate(loop, paper_learning_rate(args.d_model, loop.warmup_steps, args.lr_factor))
-    optimizer, scheduler = make_optimizer(model, loop, learning_rate)
+    optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     lengths = pair_lengths(train_set)
@@ -384,8 +382,11 @@ def parse_args(argv: list[str] | None = None):
     return parser.parse_args_into_dataclasses(args=argv)
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        outcome = main(*parse_args())
-    if outcome.stop_reason == "interrupted":
-        sys.exit(130)
+        outcome = run(*parse_args(argv))
+    return 130 if outcome.stop_reason == "interrupted" else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -20,6 +20,7 @@ Our folders load with this package's classes; a folder (or Hub id) of another mo
 
 import argparse
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -40,13 +41,13 @@ from transformers import (  # noqa: E402
 )
 
 import vanilla_transformer.modeling  # noqa: E402, F401  (registers our models: our folders load without their code)
-from model_folders import (  # noqa: E402
+from vanilla_transformer.training.errors import ArgumentError, errors_without_traceback  # noqa: E402
+from vanilla_transformer.training.model_folders import (  # noqa: E402
     check_finite_weights,
     check_model_folder,
     check_tokenizer_fits,
     check_writable_dir,
 )
-from trainer_utils import ArgumentError, errors_without_traceback  # noqa: E402
 
 
 @dataclass
@@ -174,7 +175,7 @@ def plot_attention_map(attention: AttentionMap) -> Figure:
     return figure
 
 
-def main(args: VisualizeArguments) -> dict[Path, Figure]:
+def run(args: VisualizeArguments) -> dict[Path, Figure]:
     """Writes one PNG per kind of attention; returns {path: the figure saved there}."""
     output_dir = check_writable_dir(args.output_dir, "--output_dir")
     model, tokenizer = load(args.model_dir, args.trust_remote_code)
@@ -199,6 +200,11 @@ def parse_args(argv: list[str] | None = None) -> VisualizeArguments:
     return args
 
 
-if __name__ == "__main__":
+def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        main(parse_args())
+        run(parse_args(argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,76 +1,77 @@
-"""The Accelerate side of scripts/trainer_utils.py: several processes (DDP) train to the same weights as one, Ctrl-C
-under `accelerate launch` saves a checkpoint that resumes exactly, mixed precision runs, and the learning rate
-follows the paper's schedule."""
+"""The Accelerate side of the training loop (vanilla_transformer.training.loop): several processes (DDP) train to
+the same weights as one, Ctrl-C under `accelerate launch` saves a checkpoint that resumes exactly, mixed precision
+runs, and the learning rate follows the paper's schedule (or BERT's fine-tuning one)."""
 
 import contextlib
 import json
 import math
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import safetensors.torch
 import torch
-from test_train_translation import SCRIPTS, log_records, run, run_args, write_corpus
-
-from trainer_utils import LoopArguments, inverse_sqrt_factor, make_optimizer, paper_learning_rate
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from vanilla_transformer.training.loop import (
+    LoopArguments,
+    learning_rate_factor,
+    loop_optimizer,
+    make_optimizer,
+    make_schedule,
+    paper_learning_rate,
+)
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
-def launch_command(num_processes: int, mixed_precision: str = "no") -> list[str]:
-    """`accelerate launch` on CPU processes of this machine. accelerate's `--cpu` starts a single process unless
-    run under mpirun; its torchrun launcher (`--multi_gpu`) with ACCELERATE_USE_CPU starts them, on the gloo
-    backend, rendezvousing on a free port."""
-    command = [str(Path(sys.executable).parent / "accelerate"), "launch", "--num_machines", "1", "--dynamo_backend",
-               "no", "--mixed_precision", mixed_precision, "--num_processes", str(num_processes)]
-    return command + (["--multi_gpu", "--main_process_port", str(free_port())] if num_processes > 1 else ["--cpu"])
-
-
-def start(argv: list[str], num_processes: int, mixed_precision: str = "no") -> subprocess.Popen:
-    return subprocess.Popen(
-        launch_command(num_processes, mixed_precision) + [str(SCRIPTS / "train_translation.py"), *argv],
-        env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
-        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        start_new_session=True,  # its own process group, as a terminal's job: Ctrl-C and cleanup reach every process
-    )
-
-
-@contextlib.contextmanager
-def launched(argv: list[str], num_processes: int, mixed_precision: str = "no"):
-    """The running launch; its whole process group is killed on the way out if still there (a failed or timed-out
+@pytest.fixture
+def launched(launch_command):
+    """launched(argv, num_processes, mixed_precision="no"): a context manager, the running `accelerate launch` of
+    train_translation.py; its whole process group is killed on the way out if still there (a failed or timed-out
     test must not leave workers waiting in a collective)."""
-    process = start(argv, num_processes, mixed_precision)
-    try:
-        yield process
-    finally:
-        with contextlib.suppress(ProcessLookupError):  # nothing left: the usual case
-            os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+
+    @contextlib.contextmanager
+    def _launched(argv: list[str], num_processes: int, mixed_precision: str = "no"):
+        process = subprocess.Popen(
+            launch_command(num_processes, mixed_precision) + [str(SCRIPTS / "train_translation.py"), *argv],
+            env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            start_new_session=True,  # its own process group, as a terminal's job: Ctrl-C and cleanup reach them all
+        )
+        try:
+            yield process
+        finally:
+            with contextlib.suppress(ProcessLookupError):  # nothing left: the usual case
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+    return _launched
 
 
-def launch(argv: list[str], num_processes: int, mixed_precision: str = "no") -> str:
-    with launched(argv, num_processes, mixed_precision) as process:
-        output = process.communicate(timeout=180)[0]
-    assert process.returncode == 0, output[-6000:]
-    return output
+@pytest.fixture
+def launch(launched):
+    """launch(argv, num_processes, mixed_precision="no") -> its output, after checking that it succeeded."""
+
+    def _launch(argv: list[str], num_processes: int, mixed_precision: str = "no") -> str:
+        with launched(argv, num_processes, mixed_precision) as process:
+            output = process.communicate(timeout=180)[0]
+        assert process.returncode == 0, output[-6000:]
+        return output
+
+    return _launch
 
 
-def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_global_batch(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
+def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_global_batch(
+        tmp_path, launch, log_records, run_translation, translation_args, write_translation_corpus):
+    corpus = write_translation_corpus(tmp_path / "data")
     # Dropout off: each process draws its own masks, so with dropout the runs agree in distribution only.
     common = ["--max_steps", "6", "--dropout", "0", "--eval_steps", "3"]
-    one = run(run_args(corpus, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
-    output = launch(run_args(corpus, tmp_path / "two", *common), num_processes=2)
+    one = run_translation(translation_args(corpus, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
+    output = launch(translation_args(corpus, tmp_path / "two", *common), num_processes=2)
     assert "global batch = 2 processes x 1 micro-batches" in output
 
     assert one.epoch >= 1  # 6 steps of 2 micro-batches cross an epoch boundary
@@ -88,11 +89,13 @@ def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_gl
     assert final_one == final_two
 
 
-def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(tmp_path):
+def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(tmp_path, launch, launched,
+                                                                                run_translation, translation_args,
+                                                                                write_translation_corpus):
     """The terminal's Ctrl-C reaches the launcher and both processes (one process group); the launcher forwards
     it once more. Both processes stop after the same step and save one checkpoint."""
-    corpus = write_corpus(tmp_path / "data")
-    argv = run_args(corpus, tmp_path / "two", "--dropout", "0", "--save_steps", "100000")
+    corpus = write_translation_corpus(tmp_path / "data")
+    argv = translation_args(corpus, tmp_path / "two", "--dropout", "0", "--save_steps", "100000")
     log = tmp_path / "two" / "log.jsonl"
     with launched([*argv, "--max_steps", "100000"], num_processes=2) as process:
         deadline = time.monotonic() + 120
@@ -108,7 +111,7 @@ def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(
     assert "interrupted: saving a checkpoint" in output, output[-3000:]
 
     launch([*argv, "--max_steps", str(stopped_at + 2), "--resume"], num_processes=2)
-    reference = run(run_args(corpus, tmp_path / "one", "--dropout", "0", "--save_steps", "100000",
+    reference = run_translation(translation_args(corpus, tmp_path / "one", "--dropout", "0", "--save_steps", "100000",
                              "--max_steps", str(stopped_at + 2), "--gradient_accumulation_steps", "2"))
     resumed = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / f"step-{stopped_at + 2}"
                                           / "model.safetensors")
@@ -117,13 +120,14 @@ def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(
         torch.testing.assert_close(resumed[key], expected[key], rtol=1e-4, atol=1e-5, msg=key)
 
 
-def test_bf16_mixed_precision_through_accelerate_launch(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
+def test_bf16_mixed_precision_through_accelerate_launch(tmp_path, launch, log_records, run_translation,
+                                                        translation_args, write_translation_corpus):
+    corpus = write_translation_corpus(tmp_path / "data")
     argv = ["--max_steps", "3", "--save_steps", "3"]
     # --force_bf16: bf16 even where this CPU only emulates it (the run is 3 tiny steps; test_cpu_precision.py covers
     # the fallback to fp32 that a CPU without native bf16 gets otherwise)
-    launch(run_args(corpus, tmp_path / "bf16", *argv, "--force_bf16"), num_processes=1, mixed_precision="bf16")
-    reference = run(run_args(corpus, tmp_path / "fp32", *argv))
+    launch(translation_args(corpus, tmp_path / "bf16", *argv, "--force_bf16"), num_processes=1, mixed_precision="bf16")
+    reference = run_translation(translation_args(corpus, tmp_path / "fp32", *argv))
     bf16_losses = [r["loss"] for r in log_records(tmp_path / "bf16") if "loss" in r]
     fp32_losses = [r["loss"] for r in log_records(tmp_path / "fp32") if "loss" in r]
     assert len(bf16_losses) == 3 and all(math.isfinite(loss) for loss in bf16_losses)
@@ -138,7 +142,7 @@ def test_learning_rate_follows_the_papers_schedule():
     args = LoopArguments(output_dir="unused", max_steps=1, warmup_steps=100)
     peak = paper_learning_rate(d_model=512, warmup_steps=100, factor=2.0)
     assert peak == pytest.approx(2 * 512**-0.5 * 100**-0.5)
-    optimizer, scheduler = make_optimizer(torch.nn.Linear(2, 2), args, peak)
+    optimizer, scheduler = loop_optimizer(torch.nn.Linear(2, 2), args, peak)
     used = []  # the rate each optimizer step (1, 2, ...) is taken with
     for _ in range(400):
         used.append(scheduler.get_last_lr()[0])
@@ -147,4 +151,26 @@ def test_learning_rate_follows_the_papers_schedule():
     paper = [2 * 512**-0.5 * min(step**-0.5, step * 100**-1.5) for step in range(1, 401)]  # lrate, section 5.3
     assert used == pytest.approx(paper)
     assert used[99] == pytest.approx(peak) and used[399] == pytest.approx(peak / 2) and used[0] > 0
-    assert inverse_sqrt_factor(100, 100) == 1.0
+    assert learning_rate_factor(100, 100) == 1.0
+    assert optimizer.defaults["betas"] == (0.9, 0.98) and optimizer.defaults["eps"] == 1e-9  # the paper's Adam
+
+
+def test_fine_tuning_schedule_decays_linearly_to_zero_and_biases_and_norms_are_not_decayed():
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.LayerNorm(4))
+    optimizer = make_optimizer(model, 1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.01)
+    decayed = {id(p): group["weight_decay"] for group in optimizer.param_groups for p in group["params"]}
+    assert decayed == {id(model[0].weight): 0.01, id(model[0].bias): 0.0, id(model[1].weight): 0.0,
+                       id(model[1].bias): 0.0}
+    scheduler = make_schedule(optimizer, warmup_steps=4, total_steps=10)
+    used = []
+    for _ in range(10):
+        used.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # warmup to the peak at step 4, then linearly down: 6 steps after the warmup, the last one at 1/6 of the peak
+    expected = [1e-3 * f for f in (0.25, 0.5, 0.75, 1.0, 1.0, 5 / 6, 4 / 6, 3 / 6, 2 / 6, 1 / 6)]
+    assert used == pytest.approx(expected)
+    assert scheduler.get_last_lr()[0] == 0.0  # after the last step
+    assert learning_rate_factor(3, warmup_steps=0, total_steps=4) == pytest.approx(0.5)  # no warmup
+    with pytest.raises(ValueError, match="inverse square root decay needs at least 1"):
+        learning_rate_factor(1, warmup_steps=0)

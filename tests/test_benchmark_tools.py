@@ -1,17 +1,11 @@
 """The benchmark's measuring instruments (scripts/benchmark.py): peak memory and FLOP counts must read what is
 there. Timings themselves are never tested (noisy machines); they are in benchmarks/."""
 
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from conftest import tiny_bert_config
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-import benchmark  # noqa: E402
-
-from vanilla_transformer.modeling import VanillaBertForMaskedLM  # noqa: E402
+from vanilla_transformer.modeling import VanillaBertForMaskedLM
+from vanilla_transformer.scripts import benchmark
 
 
 @pytest.mark.skipif(benchmark._GlibcHeap.load() is None, reason="needs glibc's mallinfo2")
@@ -28,7 +22,7 @@ def test_cpu_peak_memory_sees_a_temporary_and_not_what_was_there_before():
     assert kept.numel() > 0
 
 
-def test_step_flops_counts_matrix_products_and_sparse_prediction_saves_vocabulary_flops():
+def test_step_flops_counts_matrix_products_and_sparse_prediction_saves_vocabulary_flops(tiny_bert_config):
     x, weight = torch.randn(8, 16), torch.randn(16, 32, requires_grad=True)
     # forward 2*8*16*32, backward: the gradient of the weight only (x needs none), as many again
     assert benchmark.step_flops(lambda: (x @ weight).sum().backward()) == 2 * (2 * 8 * 16 * 32)

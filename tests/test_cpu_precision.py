@@ -1,6 +1,6 @@
-"""`--mixed_precision bf16` on a CPU without native bf16 (scripts/trainer_utils.py): the detection (flags, oneDNN,
-the VANILLA_TRANSFORMER_ASSUME_CPU_BF16 override), the fallback to fp32 with a warning that names the fix,
-`--force_bf16`, a GPU left alone, the check made before any data is read, and training_args.json recording what
+"""`--mixed_precision bf16` on a CPU without native bf16 (vanilla_transformer.training.precision): the detection
+(flags, oneDNN, the VANILLA_TRANSFORMER_ASSUME_CPU_BF16 override), the fallback to fp32 with a warning that names the
+fix, `--force_bf16`, a GPU left alone, the check made before any data is read, and training_args.json recording what
 ran. Forced answers (the override, or monkeypatched flags) make every test's outcome the same on any CPU."""
 
 import json
@@ -9,24 +9,16 @@ import warnings
 
 import pytest
 import torch
-from accelerate.state import AcceleratorState
-from test_pretrain_mlm import run as run_mlm
-from test_pretrain_mlm import run_args as mlm_args
-from test_pretrain_mlm import tiny_model_args
-from test_pretrain_mlm import write_corpus as write_texts
-from test_train_translation import log_records, run, run_args, write_corpus
 
-import pretrain_mlm
-import train_translation
-import trainer_utils
-from trainer_utils import (
+from vanilla_transformer.scripts import pretrain_mlm, train_translation
+from vanilla_transformer.training import precision as cpu_precision
+from vanilla_transformer.training.loop import LoopArguments, make_accelerator
+from vanilla_transformer.training.precision import (
     ASSUME_CPU_BF16,
     CpuBf16Support,
     CpuBf16Warning,
-    LoopArguments,
     check_mixed_precision,
     cpu_bf16_support,
-    make_accelerator,
 )
 
 NATIVE = CpuBf16Support(True, "test CPU with avx512_bf16")
@@ -41,28 +33,17 @@ class DataWasRead(Exception):
 def detected(monkeypatch):
     """The detection without the override, from fresh (uncached) flags."""
     monkeypatch.delenv(ASSUME_CPU_BF16, raising=False)
-    trainer_utils._detect_cpu_bf16.cache_clear()
+    cpu_precision._detect_cpu_bf16.cache_clear()
     yield
-    trainer_utils._detect_cpu_bf16.cache_clear()
-
-
-@pytest.fixture
-def fresh_accelerate_state():
-    """accelerate keeps one process-wide AcceleratorState, fixed by the first Accelerator (its mixed precision
-    included): give this test its own, and put the previous one back after it."""
-    saved = dict(AcceleratorState._shared_state)
-    AcceleratorState._shared_state.clear()
-    yield
-    AcceleratorState._shared_state.clear()
-    AcceleratorState._shared_state.update(saved)
+    cpu_precision._detect_cpu_bf16.cache_clear()
 
 
 def fake_cpu(monkeypatch, architecture: str, capabilities: dict, proc_flags: set | None, onednn: bool | None):
-    monkeypatch.setattr(trainer_utils, "_architecture", lambda: architecture)
-    monkeypatch.setattr(trainer_utils, "_torch_cpu_capabilities", lambda: capabilities)
-    monkeypatch.setattr(trainer_utils, "_proc_cpuinfo_flags", lambda: proc_flags)
-    monkeypatch.setattr(trainer_utils, "_onednn_bf16", lambda: onednn)
-    trainer_utils._detect_cpu_bf16.cache_clear()
+    monkeypatch.setattr(cpu_precision, "_architecture", lambda: architecture)
+    monkeypatch.setattr(cpu_precision, "_torch_cpu_capabilities", lambda: capabilities)
+    monkeypatch.setattr(cpu_precision, "_proc_cpuinfo_flags", lambda: proc_flags)
+    monkeypatch.setattr(cpu_precision, "_onednn_bf16", lambda: onednn)
+    cpu_precision._detect_cpu_bf16.cache_clear()
 
 
 # ----------------------------------------------------------------------------------------------- detection
@@ -119,9 +100,9 @@ def test_cpuinfo_flags_are_read_from_the_first_processor(tmp_path):
                    "flags\t\t: fpu avx512_bf16\n")
     arm = tmp_path / "arm"
     arm.write_text("processor\t: 0\nBogoMIPS\t: 2100.00\nFeatures\t: fp asimd bf16 i8mm\nCPU part\t: 0xd40\n")
-    assert trainer_utils._proc_cpuinfo_flags(str(x86)) == {"fpu", "avx2", "fma"}
-    assert trainer_utils._proc_cpuinfo_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
-    assert trainer_utils._proc_cpuinfo_flags(str(tmp_path / "missing")) is None
+    assert cpu_precision._proc_cpuinfo_flags(str(x86)) == {"fpu", "avx2", "fma"}
+    assert cpu_precision._proc_cpuinfo_flags(str(arm)) == {"fp", "asimd", "bf16", "i8mm"}
+    assert cpu_precision._proc_cpuinfo_flags(str(tmp_path / "missing")) is None
 
 
 @pytest.mark.parametrize("value, native", [("0", False), ("1", True), ("false", False), ("true", True)])
@@ -173,7 +154,7 @@ def test_a_gpu_is_left_alone_without_looking_at_the_cpu(monkeypatch, device, pre
     def no_detection(*args, **kwargs):
         raise AssertionError("the CPU was examined for a GPU run")
 
-    monkeypatch.setattr(trainer_utils, "cpu_bf16_support", no_detection)
+    monkeypatch.setattr(cpu_precision, "cpu_bf16_support", no_detection)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert check_mixed_precision(precision, device) == precision
@@ -203,37 +184,42 @@ def test_accelerate_launch_bf16_falls_back_too_and_the_arguments_say_so(monkeypa
 
 
 def test_translation_bf16_on_a_cpu_without_it_trains_in_fp32_and_records_it(monkeypatch, tmp_path,
-                                                                            fresh_accelerate_state):
+                                                                            fresh_accelerate_state, log_records,
+                                                                            run_translation, translation_args,
+                                                                            write_translation_corpus):
     monkeypatch.setenv(ASSUME_CPU_BF16, "0")
-    corpus = write_corpus(tmp_path / "data")
+    corpus = write_translation_corpus(tmp_path / "data")
     argv = ["--max_steps", "2", "--save_steps", "2", "--length_penalties", "1.0"]
     with pytest.warns(CpuBf16Warning, match=r"Training in fp32 instead.*--mixed_precision no"):
-        outcome = run(run_args(corpus, tmp_path / "bf16", "--mixed_precision", "bf16", *argv))
+        outcome = run_translation(translation_args(corpus, tmp_path / "bf16", "--mixed_precision", "bf16", *argv))
     assert outcome.completed and outcome.global_step == 2
     for recorded in (tmp_path / "bf16" / "training_args.json", tmp_path / "bf16" / "final" / "training_args.json"):
         arguments = json.loads(recorded.read_text())
         assert (arguments["mixed_precision"], arguments["requested_mixed_precision"]) == ("no", "bf16"), recorded
         assert arguments["force_bf16"] is False
     # what ran is fp32: the same losses as an fp32 run (bf16 autocast would round them)
-    run(run_args(corpus, tmp_path / "fp32", "--mixed_precision", "no", *argv))
+    run_translation(translation_args(corpus, tmp_path / "fp32", "--mixed_precision", "no", *argv))
     losses = [[r["loss"] for r in log_records(tmp_path / name) if "loss" in r] for name in ("bf16", "fp32")]
     assert len(losses[0]) == 2 and losses[0] == losses[1]
     assert json.loads((tmp_path / "fp32" / "training_args.json").read_text())["mixed_precision"] == "no"
 
 
-def test_translation_bf16_on_a_native_cpu_stays_bf16(monkeypatch, tmp_path, fresh_accelerate_state):
+def test_translation_bf16_on_a_native_cpu_stays_bf16(monkeypatch, tmp_path, fresh_accelerate_state, run_translation,
+                                                     translation_args, write_translation_corpus):
     monkeypatch.setenv(ASSUME_CPU_BF16, "1")
-    corpus = write_corpus(tmp_path / "data")
+    corpus = write_translation_corpus(tmp_path / "data")
     with warnings.catch_warnings():
         warnings.simplefilter("error", CpuBf16Warning)
-        run(run_args(corpus, tmp_path / "bf16", "--mixed_precision", "bf16", "--max_steps", "1", "--save_steps", "1",
-                     "--length_penalties", "1.0"))
+        run_translation(translation_args(corpus, tmp_path / "bf16", "--mixed_precision", "bf16", "--max_steps", "1",
+                                         "--save_steps", "1", "--length_penalties", "1.0"))
     arguments = json.loads((tmp_path / "bf16" / "training_args.json").read_text())
     assert (arguments["mixed_precision"], arguments["requested_mixed_precision"]) == ("bf16", "bf16")
 
 
 @pytest.mark.parametrize("script", ["train_translation", "pretrain_mlm"])
-def test_the_check_comes_before_any_data_is_read(monkeypatch, tmp_path, fresh_accelerate_state, script):
+def test_the_check_comes_before_any_data_is_read(monkeypatch, tmp_path, fresh_accelerate_state, script, mlm_args,
+                                                 run_mlm, run_translation, tiny_model_args, translation_args,
+                                                 write_mlm_corpus, write_translation_corpus):
     monkeypatch.setenv(ASSUME_CPU_BF16, "0")
 
     def read_data(*args, **kwargs):
@@ -242,19 +228,21 @@ def test_the_check_comes_before_any_data_is_read(monkeypatch, tmp_path, fresh_ac
     # the files exist: the scripts check the paths before reading any data too, after the precision
     if script == "train_translation":
         monkeypatch.setattr(train_translation, "load_parallel", read_data)
-        start = lambda: run(run_args(write_corpus(tmp_path / "data"), tmp_path / "out",  # noqa: E731
-                                     "--mixed_precision", "bf16", "--max_steps", "1"))
+        corpus = write_translation_corpus(tmp_path / "data")
+        start = lambda: run_translation(translation_args(corpus, tmp_path / "out",  # noqa: E731
+                                                         "--mixed_precision", "bf16", "--max_steps", "1"))
     else:
         monkeypatch.setattr(pretrain_mlm, "load_texts", read_data)
-        start = lambda: run_mlm(mlm_args(write_texts(tmp_path / "data"), tmp_path / "out",  # noqa: E731
+        start = lambda: run_mlm(mlm_args(write_mlm_corpus(tmp_path / "data"), tmp_path / "out",  # noqa: E731
                                          "--mixed_precision", "bf16", "--max_steps", "1", *tiny_model_args()))
     with pytest.warns(CpuBf16Warning, match="Training in fp32 instead"), pytest.raises(DataWasRead):
         start()
 
 
-def test_mlm_bf16_with_force_bf16_records_bf16(monkeypatch, tmp_path, fresh_accelerate_state):
+def test_mlm_bf16_with_force_bf16_records_bf16(monkeypatch, tmp_path, fresh_accelerate_state, mlm_args, run_mlm,
+                                               tiny_model_args, write_mlm_corpus):
     monkeypatch.setenv(ASSUME_CPU_BF16, "0")
-    corpus = write_texts(tmp_path / "data")
+    corpus = write_mlm_corpus(tmp_path / "data")
     with pytest.warns(CpuBf16Warning, match="--force_bf16 on a CPU without native bf16"):
         run_mlm(mlm_args(corpus, tmp_path / "out", "--mixed_precision", "bf16", "--force_bf16", "--max_steps", "2",
                          "--save_steps", "2", *tiny_model_args()))

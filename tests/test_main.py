@@ -2,16 +2,17 @@
 Auto classes and answers in its pipeline. Run here on small slices of the embedded corpora for speed."""
 
 import json
+import math
 import re
 
 import pytest
 import torch
 from transformers import AutoTokenizer
 
-import main as main_job
-from text_data import stdlib_docstrings
-from translation_data import babel_pairs
 from vanilla_transformer.modeling import VanillaBertForMaskedLM
+from vanilla_transformer.scripts import main as main_job
+from vanilla_transformer.training.text_data import stdlib_docstrings
+from vanilla_transformer.training.translation_data import babel_pairs
 
 
 def test_the_embedded_english_text_is_prose_and_the_same_every_time():
@@ -35,7 +36,7 @@ def test_main_job_trains_both_families_and_their_folders_answer_in_pipelines(tmp
         bert_vocab_size=500, bert_hidden_size=32, bert_heads=2, bert_intermediate_size=64, bert_epochs=2,
         bert_held_out=40, held_out=10,
     )
-    folders = main_job.main(args)
+    folders = main_job.run(args)
     out = capsys.readouterr().out
 
     assert set(folders) == {"translation", "bert"}
@@ -58,7 +59,7 @@ def test_main_job_trains_both_families_and_their_folders_answer_in_pipelines(tmp
     assert [a.rsplit(" (", 1)[0] for a in answer_lines[0].split("-> ", 1)[1].split(", ")] == expected
 
 
-def test_mlm_training_of_the_main_job_lowers_held_out_perplexity():
+def test_mlm_training_of_the_main_job_lowers_held_out_perplexity(tmp_path):
     torch.manual_seed(0)
     documents = stdlib_docstrings(max_documents=600)
     from vanilla_transformer.tokenization import train_wordpiece_tokenizer
@@ -71,8 +72,16 @@ def test_mlm_training_of_the_main_job_lowers_held_out_perplexity():
         max_position_embeddings=64, sparse_prediction=True))
     before = main_job.held_out_perplexity(model.eval(), held_out, tokenizer, seed=0)
     collate = main_job.DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)
-    main_job.fit(model, lambda: [collate(train[i : i + 32]) for i in range(0, len(train), 32)], 8, 3e-3, 20, "test")
+    args = main_job.MainArguments(output_dir=str(tmp_path))
+    seconds = main_job.fit(model, train, [len(b["input_ids"]) for b in train], collate, args, "bert", epochs=8,
+                           batch_size=32, learning_rate=3e-3, warmup_steps=20)
     after = main_job.held_out_perplexity(model, held_out, tokenizer, seed=0)
+    # it went through the one training loop: its log and checkpoint are in the run folder
+    records = [json.loads(line) for line in (tmp_path / "training" / "bert" / "log.jsonl").read_text().splitlines()]
+    steps = 8 * math.ceil(len(train) / 32)
+    assert [r["step"] for r in records] == list(range(10, steps + 1, 10))  # logged every 10 steps
+    assert (tmp_path / "training" / "bert" / "checkpoints" / f"step-{steps}").is_dir()  # saved at the end
+    assert seconds > 0 and not model.training
     print(f"held-out perplexity {before:.0f} -> {after:.0f}")
     assert before > 300 and after < 0.6 * before, (before, after)
 

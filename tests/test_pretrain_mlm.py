@@ -6,7 +6,6 @@ run ends with the weights of an uninterrupted one (the masks come from the check
 import json
 import math
 import os
-import random
 import subprocess
 from pathlib import Path
 
@@ -15,72 +14,31 @@ import pytest
 import safetensors.torch
 import torch
 from accelerate import Accelerator
-from remote import run_without_package
-from test_accelerate import launch_command
-from test_train_translation import SCRIPTS
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import finetune_classification
-import pretrain_mlm
-from trainer_utils import mean_loss
 from vanilla_transformer.modeling import VanillaBertForMaskedLM
+from vanilla_transformer.scripts import finetune_classification, pretrain_mlm
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
+from vanilla_transformer.training.loop import mean_loss
 
-ANIMALS = ["cat", "dog", "horse", "bird", "fish", "cow", "sheep", "goat"]
-FOODS = ["grass", "seeds", "meat", "bread", "apples", "corn", "hay", "fruit"]
-PLACES = ["garden", "field", "house", "barn", "river", "forest", "yard", "park"]
-SENTENCE = "the cat eats [MASK] in the garden ."
-
-
-def documents(count: int, seed: int) -> list[str]:
-    """Documents of one to four sentences "the <animal> eats <food> in the <place> ."."""
-    rng = random.Random(seed)
-    return [" ".join(f"the {rng.choice(ANIMALS)} eats {rng.choice(FOODS)} in the {rng.choice(PLACES)} ."
-                     for _ in range(rng.randint(1, 4))) for _ in range(count)]
-
-
-def write_corpus(folder: Path) -> Path:
-    """train.txt: 300 documents, one per line, with blank and whitespace-only lines between; val.txt: 40."""
-    folder.mkdir(parents=True, exist_ok=True)
-    train = [line for i, text in enumerate(documents(300, seed=0)) for line in ([text, ""] if i % 7 else [text, " "])]
-    (folder / "train.txt").write_text("\n".join(train) + "\n")
-    (folder / "val.txt").write_text("\n".join(documents(40, seed=1)) + "\n")
-    return folder
-
-
-def run_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
-    """A 2-layer, 32-wide BERT on blocks of 32 tokens, 8 blocks per step: a few ms per step."""
-    return [
-        "--train_file", str(corpus / "train.txt"), "--validation_file", str(corpus / "val.txt"),
-        "--output_dir", str(output_dir), "--vocab_size", "100", "--block_size", "32", "--batch_size", "8",
-        "--warmup_steps", "5", "--learning_rate", "3e-3", "--logging_steps", "5", "--save_steps", "20", *extra,
-    ]  # fmt: skip
-
-
-def tiny_model_args() -> list[str]:
-    return ["--hidden_size", "32", "--num_hidden_layers", "2", "--num_attention_heads", "4", "--intermediate_size",
-            "64"]
-
-
-def run(argv: list[str]):
-    return pretrain_mlm.main(*pretrain_mlm.parse_args(argv))
-
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+SENTENCE = "the cat eats [MASK] in the garden ."  # the templated text of conftest's mlm_documents
 
 def weights(folder: Path) -> dict[str, torch.Tensor]:
     return safetensors.torch.load_file(folder / "model.safetensors")
 
 
 @pytest.fixture(scope="module")
-def pretrained(tmp_path_factory):
+def pretrained(tmp_path_factory, mlm_args, run_mlm, tiny_model_args, write_mlm_corpus):
     """A 40-step run from scratch, evaluated every 10 steps."""
     root = tmp_path_factory.mktemp("mlm")
-    corpus = write_corpus(root / "data")
-    outcome = run(run_args(corpus, root / "run", *tiny_model_args(), "--max_steps", "40", "--eval_steps", "10"))
+    corpus = write_mlm_corpus(root / "data")
+    outcome = run_mlm(mlm_args(corpus, root / "run", *tiny_model_args(), "--max_steps", "40", "--eval_steps", "10"))
     return corpus, root / "run", outcome
 
 
-def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path):
-    texts = documents(50, seed=2)
+def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path, mlm_args, mlm_documents, write_mlm_corpus):
+    texts = mlm_documents(50, seed=2)
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=70, min_frequency=1, show_progress=False)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     blocks = pretrain_mlm.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=16,
@@ -100,10 +58,10 @@ def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path):
         assert special == [int(token in (cls, sep)) for token in block] and len(offsets) == len(block)
 
     # local files: one document per line, blank and whitespace-only lines skipped
-    corpus = write_corpus(tmp_path)
-    args, _ = pretrain_mlm.parse_args(run_args(corpus, tmp_path / "out", "--max_steps", "1"))
+    corpus = write_mlm_corpus(tmp_path)
+    args, _ = pretrain_mlm.parse_args(mlm_args(corpus, tmp_path / "out", "--max_steps", "1"))
     loaded = pretrain_mlm.load_texts(args)
-    assert loaded["train"]["text"] == documents(300, seed=0) and len(loaded["validation"]) == 40
+    assert loaded["train"]["text"] == mlm_documents(300, seed=0) and len(loaded["validation"]) == 40
 
     # a dataset (folders here, as Hub ids would be): its split names and text column, other columns dropped
     for name, column in (("hub", "content"), ("hub2", "text")):
@@ -150,7 +108,7 @@ def test_whole_word_masking_of_blocks_masks_every_piece_of_a_word_and_no_special
         assert not masked[row, special].any()
 
 
-def test_a_few_dozen_steps_lower_the_validation_perplexity_and_leave_a_hub_folder(pretrained):
+def test_a_few_dozen_steps_lower_the_validation_perplexity_and_leave_a_hub_folder(pretrained, run_without_package):
     _, output_dir, outcome = pretrained
     assert outcome.completed and outcome.global_step == 40
     evaluations = [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
@@ -191,11 +149,11 @@ def test_a_few_dozen_steps_lower_the_validation_perplexity_and_leave_a_hub_folde
     torch.testing.assert_close(torch.tensor([score for _, score in remote["answers"]]), top.values)
 
 
-def test_continued_pretraining_and_fine_tuning_start_from_the_checkpoint(pretrained, tmp_path):
+def test_continued_pretraining_and_fine_tuning_start_from_the_checkpoint(pretrained, tmp_path, mlm_args, run_mlm):
     corpus, output_dir, _ = pretrained
     final = output_dir / "final"
     # a learning rate that changes nothing: the weights must come back as loaded; whole-word masking on the way
-    outcome = run(run_args(corpus, tmp_path / "more", "--model_name_or_path", str(final), "--whole_word_mask",
+    outcome = run_mlm(mlm_args(corpus, tmp_path / "more", "--model_name_or_path", str(final), "--whole_word_mask",
                            "--no_sparse_prediction", "--learning_rate", "1e-12", "--max_steps", "2"))
     assert outcome.completed and 0 < outcome.metrics["val_loss"]
     assert not (tmp_path / "more" / "tokenizer").exists()  # the checkpoint's tokenizer was used
@@ -207,32 +165,35 @@ def test_continued_pretraining_and_fine_tuning_start_from_the_checkpoint(pretrai
 
     # finetune_classification.py takes the folder: the encoder comes from the checkpoint, the classifier is new
     (tmp_path / "test.tsv").write_text("sentence\tlabel\nthe cat eats hay in the barn .\t1\nthe dog eats meat .\t0\n")
-    finetune_classification.main(["--model_name_or_path", str(final), "--test_file", str(tmp_path / "test.tsv"),
+    finetune_classification.run(["--model_name_or_path", str(final), "--test_file", str(tmp_path / "test.tsv"),
                                   "--output_dir", str(tmp_path / "classifier")])
     classifier = AutoModelForSequenceClassification.from_pretrained(tmp_path / "classifier")
     torch.testing.assert_close(classifier.bert.embeddings.embed_tokens.weight,
                                original["bert.embeddings.embed_tokens.weight"])
 
 
-def test_stopped_and_resumed_pretraining_ends_with_the_same_weights(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
+def test_stopped_and_resumed_pretraining_ends_with_the_same_weights(tmp_path, mlm_args, run_mlm, tiny_model_args,
+                                                                    write_mlm_corpus):
+    corpus = write_mlm_corpus(tmp_path / "data")
     common = [*tiny_model_args(), "--max_steps", "6", "--save_steps", "3"]  # dropout 0.1 on, masks drawn each step
-    first = run(run_args(corpus, tmp_path / "split", *common, "--max_steps_this_run", "4"))
+    first = run_mlm(mlm_args(corpus, tmp_path / "split", *common, "--max_steps_this_run", "4"))
     assert not first.completed and first.global_step == 4
-    second = run(run_args(corpus, tmp_path / "split", *common, "--resume"))  # reuses the tokenizer it trained
+    second = run_mlm(mlm_args(corpus, tmp_path / "split", *common, "--resume"))  # reuses the tokenizer it trained
     # The same tokenizer for the reference run: WordPiece training is not deterministic (token ids vary run to run)
-    full = run(run_args(corpus, tmp_path / "full", *common, "--tokenizer_name", str(tmp_path / "split" / "tokenizer")))
+    full = run_mlm(mlm_args(corpus, tmp_path / "full", *common, "--tokenizer_name",
+                            str(tmp_path / "split" / "tokenizer")))
     assert full.completed and second.completed and second.global_step == full.global_step == 6
     resumed, uninterrupted = weights(second.checkpoint), weights(full.checkpoint)
     assert all(torch.equal(resumed[key], uninterrupted[key]) for key in uninterrupted)
     assert second.metrics == full.metrics
 
 
-def test_two_processes_evaluate_the_same_masked_positions_as_one(tmp_path):
+def test_two_processes_evaluate_the_same_masked_positions_as_one(tmp_path, launch_command, mlm_args, tiny_model_args,
+                                                                 write_mlm_corpus):
     """Under `accelerate launch` with 2 processes: each process scores its share of the validation batches, whose
     masks were drawn once from the seed; the reduced loss equals one process scoring all of them."""
-    corpus = write_corpus(tmp_path / "data")
-    argv = run_args(corpus, tmp_path / "two", *tiny_model_args(), "--max_steps", "4", "--eval_steps", "2")
+    corpus = write_mlm_corpus(tmp_path / "data")
+    argv = mlm_args(corpus, tmp_path / "two", *tiny_model_args(), "--max_steps", "4", "--eval_steps", "2")
     process = subprocess.run(
         [*launch_command(2), str(SCRIPTS / "pretrain_mlm.py"), *argv],
         env={**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1"},

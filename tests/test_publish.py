@@ -2,18 +2,14 @@
 (a stand-in client here: there is no network)."""
 
 import json
-import sys
 from pathlib import Path
 
 import yaml
-from conftest import tiny_transformer_config
 from huggingface_hub import ModelCard
 
 from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
+from vanilla_transformer.scripts.publish import PublishArguments, publish
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
-from publish import PublishArguments, publish  # noqa: E402
 
 
 class RecordingHubClient:
@@ -30,7 +26,7 @@ class RecordingHubClient:
         self.uploaded = sorted(p.name for p in Path(kwargs["folder_path"]).iterdir())
 
 
-def test_publish_renders_card_and_uploads(tmp_path):
+def test_publish_renders_card_and_uploads(tmp_path, tiny_transformer_config):
     tok = train_bpe_tokenizer(["ein Hund läuft.", "a dog runs."] * 10, vocab_size=60, show_progress=False)
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(tok)))
     model.save_pretrained(tmp_path / "trained")

@@ -22,19 +22,14 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import tiny_bert_config, tiny_transformer_config
 from huggingface_hub import ModelCard
-from test_bert_finetune import ROWS, common_args, load_script, tokenizer  # noqa: F401  (tokenizer: a fixture)
-from test_cpu_precision import fresh_accelerate_state  # noqa: F401  (a fixture)
 from transformers import BertConfig, BertForMaskedLM, TrainerCallback
 
-import evaluate_translation
-import publish
-import visualize_attention
-from trainer_utils import ASSUME_CPU_BF16, CpuBf16Warning
 from vanilla_transformer.modeling import VanillaBertForMaskedLM, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.scripts import evaluate_translation, finetune_classification, publish, visualize_attention
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
+from vanilla_transformer.training.precision import ASSUME_CPU_BF16, CpuBf16Warning
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 PAIRS = [("ein kleiner Hund läuft", "a small dog runs"), ("zwei Katzen schlafen", "two cats sleep")] * 3
@@ -50,15 +45,16 @@ def digest(folder) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def bert_folder(tmp_path_factory, tokenizer):  # noqa: F811
+def bert_folder(tmp_path_factory, finetune_tokenizer, tiny_bert_config):
     """A Hub-ready MLM checkpoint with dropout on: a resumed run matches only if the RNG state is restored too."""
     folder = tmp_path_factory.mktemp("bert") / "mlm"
-    config = tiny_bert_config(vocab_size=len(tokenizer), hidden_dropout_prob=0.1, attention_probs_dropout_prob=0.1)
-    return save_for_hub(VanillaBertForMaskedLM(config), folder, tokenizer)
+    config = tiny_bert_config(vocab_size=len(finetune_tokenizer), hidden_dropout_prob=0.1,
+                              attention_probs_dropout_prob=0.1)
+    return save_for_hub(VanillaBertForMaskedLM(config), folder, finetune_tokenizer)
 
 
 @pytest.fixture(scope="module")
-def translation_folder(tmp_path_factory):
+def translation_folder(tmp_path_factory, tiny_transformer_config):
     tokenizer = train_bpe_tokenizer([s for pair in PAIRS for s in pair], vocab_size=60, min_frequency=1,
                                     show_progress=False)
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(tokenizer)))
@@ -67,23 +63,31 @@ def translation_folder(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def train_tsv(tmp_path_factory):
-    return write_tsv(tmp_path_factory.mktemp("data") / "train.tsv", ROWS)
+def train_tsv(tmp_path_factory, finetune_rows):
+    return write_tsv(tmp_path_factory.mktemp("data") / "train.tsv", finetune_rows)
 
 
-def finetune(folder, output_dir, *extra, **files):
-    return load_script().main(["--model_name_or_path", str(folder), "--max_seq_length", "16",
-                               *common_args(output_dir, **files), *extra])
+@pytest.fixture(scope="module")
+def finetune(finetune_args):
+    """finetune(folder, output_dir, *extra, **files) -> finetune_classification's results (its errors raised)."""
+
+    def _finetune(folder, output_dir, *extra, **files):
+        return finetune_classification.run(["--model_name_or_path", str(folder), "--max_seq_length", "16",
+                                            *finetune_args(output_dir, **files), *extra])
+
+    return _finetune
 
 
 # ------------------------------------------------------------------------------------------------ labels
 
 
-def test_classes_come_from_training_and_unlabelled_rows_are_predicted_not_scored(tmp_path, bert_folder, train_tsv):
+def test_classes_come_from_training_and_unlabelled_rows_are_predicted_not_scored(
+        tmp_path, bert_folder, train_tsv, finetune, finetune_rows):
     """A GLUE-style test file (every label -1) and a validation file with some -1 rows: a binary model, binary F1
     on the labelled rows, predictions of every row, no test accuracy at all (not 0.0)."""
-    validation = write_tsv(tmp_path / "dev.tsv", [(t, -1 if i % 4 == 0 else y) for i, (t, y) in enumerate(ROWS)])
-    test = write_tsv(tmp_path / "test.tsv", [(t, -1) for t, _ in ROWS])
+    validation = write_tsv(tmp_path / "dev.tsv",
+                           [(t, -1 if i % 4 == 0 else y) for i, (t, y) in enumerate(finetune_rows)])
+    test = write_tsv(tmp_path / "test.tsv", [(t, -1) for t, _ in finetune_rows])
     output = tmp_path / "out"
     results = finetune(bert_folder, output, train_file=train_tsv, validation_file=validation, test_file=test)
 
@@ -105,29 +109,29 @@ def test_classes_come_from_training_and_unlabelled_rows_are_predicted_not_scored
     assert results["validation"]["validation_f1"] == pytest.approx(f1)  # binary F1 of class "1", not macro
 
 
-def test_a_label_that_is_not_a_training_class_is_an_error(tmp_path, bert_folder, train_tsv):
-    test = write_tsv(tmp_path / "test.tsv", [(t, 2 if i == 2 else y) for i, (t, y) in enumerate(ROWS)])
+def test_a_label_that_is_not_a_training_class_is_an_error(tmp_path, bert_folder, train_tsv, finetune, finetune_rows):
+    test = write_tsv(tmp_path / "test.tsv", [(t, 2 if i == 2 else y) for i, (t, y) in enumerate(finetune_rows)])
     with pytest.raises(ValueError, match=r"test\.tsv: 1 row\(s\) have a label that is not a class of the training "
                                          r"data .*'2' at line 4\); the classes are \['0', '1'\]"):
         finetune(bert_folder, tmp_path / "out", train_file=train_tsv, test_file=test)
 
 
-def test_glue_from_the_hub_with_unlabelled_test_split(monkeypatch, tmp_path, bert_folder):
+def test_glue_from_the_hub_with_unlabelled_test_split(monkeypatch, tmp_path, bert_folder, finetune_args, finetune_rows):
     """GLUE's own test splits carry the ClassLabel id -1: predicted, not scored, and the classes are the names."""
     import datasets
 
     features = datasets.Features({"sentence": datasets.Value("string"),
                                   "label": datasets.ClassLabel(names=["negative", "positive"])})
     glue = datasets.DatasetDict({
-        "train": datasets.Dataset.from_dict({"sentence": [t for t, _ in ROWS], "label": [y for _, y in ROWS]},
-                                            features=features),
-        "test": datasets.Dataset.from_dict({"sentence": [t for t, _ in ROWS], "label": [-1] * len(ROWS)},
-                                           features=features),
+        "train": datasets.Dataset.from_dict({"sentence": [t for t, _ in finetune_rows],
+                                             "label": [y for _, y in finetune_rows]}, features=features),
+        "test": datasets.Dataset.from_dict({"sentence": [t for t, _ in finetune_rows],
+                                            "label": [-1] * len(finetune_rows)}, features=features),
     })
     monkeypatch.setattr(datasets, "load_dataset", lambda name, config=None: glue)
     output = tmp_path / "out"
-    results = load_script().main(["--model_name_or_path", str(bert_folder), "--dataset_name", "glue",
-                                  "--dataset_config_name", "sst2", *common_args(output)])
+    results = finetune_classification.run(["--model_name_or_path", str(bert_folder), "--dataset_name", "glue",
+                                  "--dataset_config_name", "sst2", *finetune_args(output)])
     assert results["classes"] == ["negative", "positive"]
     assert results["test"]["test_scored"] == 0 and "test_accuracy" not in results["test"]
     lines = (output / "test_predictions.tsv").read_text().splitlines()
@@ -168,14 +172,14 @@ BAD_FILES = {
 
 
 @pytest.mark.parametrize("case", BAD_FILES, ids=list(BAD_FILES))
-def test_a_bad_data_file_names_the_file_the_line_and_the_fix(case, tmp_path, bert_folder):
+def test_a_bad_data_file_names_the_file_the_line_and_the_fix(case, tmp_path, bert_folder, finetune):
     name, content, message = BAD_FILES[case]
     (tmp_path / name).write_bytes(content)
     with pytest.raises(ValueError, match=message):
         finetune(bert_folder, tmp_path / "out", train_file=tmp_path / name)
 
 
-def test_a_missing_data_file_is_named(tmp_path, bert_folder):
+def test_a_missing_data_file_is_named(tmp_path, bert_folder, finetune):
     with pytest.raises(ValueError, match=r"--validation_file .*dev\.tsv: no such file"):
         finetune(bert_folder, tmp_path / "out", validation_file=tmp_path / "dev.tsv")
 
@@ -197,7 +201,7 @@ BAD_ARGUMENTS = {
 
 
 @pytest.mark.parametrize("case", BAD_ARGUMENTS, ids=list(BAD_ARGUMENTS))
-def test_a_bad_argument_is_refused_before_any_work(case, tmp_path, bert_folder, train_tsv):
+def test_a_bad_argument_is_refused_before_any_work(case, tmp_path, bert_folder, train_tsv, finetune):
     extra, message = BAD_ARGUMENTS[case]
     with pytest.raises(ValueError, match=message):
         finetune(bert_folder, tmp_path / "out", *extra, train_file=train_tsv)
@@ -262,7 +266,7 @@ BAD_FOLDERS = {
 
 
 @pytest.mark.parametrize("case", BAD_FOLDERS, ids=list(BAD_FOLDERS))
-def test_a_bad_model_folder_says_what_is_wrong(case, tmp_path, bert_folder, translation_folder, train_tsv):
+def test_a_bad_model_folder_says_what_is_wrong(case, tmp_path, bert_folder, translation_folder, train_tsv, finetune):
     folder = make_folder(case, tmp_path, bert_folder, translation_folder)
     with pytest.raises(ValueError, match=BAD_FOLDERS[case]):
         finetune(folder, tmp_path / "out", train_file=train_tsv)
@@ -271,7 +275,7 @@ def test_a_bad_model_folder_says_what_is_wrong(case, tmp_path, bert_folder, tran
 # ------------------------------------------------------------------------------------------ no work lost
 
 
-def test_the_model_folder_is_never_the_output(tmp_path, bert_folder, train_tsv):
+def test_the_model_folder_is_never_the_output(tmp_path, bert_folder, train_tsv, finetune):
     folder = shutil.copytree(bert_folder, tmp_path / "mlm")
     before = digest(folder)
     with pytest.raises(ValueError, match=r"--output_dir .*mlm is the model folder .*: writing there would replace "
@@ -301,14 +305,15 @@ class StopAt(TrainerCallback):
                 raise RuntimeError("power cut")
 
 
-def test_an_interrupted_fine_tune_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, bert_folder, train_tsv):
+def test_an_interrupted_fine_tune_resumes_to_the_uninterrupted_result(monkeypatch, tmp_path, bert_folder, train_tsv,
+                                                                      finetune, finetune_args):
     """2 epochs of 3 steps, a checkpoint every 2 steps, dropout on. Ctrl-C after step 3 (an epoch's end) saves and
     stops; a crash after step 5 leaves the checkpoint of step 4 (mid-epoch). Both resume to the same weights."""
     settings = ["--num_train_epochs", "2", "--save_steps", "2"]
     finetune(bert_folder, tmp_path / "whole", *settings, train_file=train_tsv)
     whole = safetensors.torch.load_file(tmp_path / "whole" / "model.safetensors")
 
-    script = load_script()
+    script = finetune_classification
     build_trainer = script.build_trainer
     for how, step, resumed_from in (("ctrl-c", 3, "checkpoint-3"), ("crash", 5, "checkpoint-4")):
         output = tmp_path / how
@@ -320,35 +325,35 @@ def test_an_interrupted_fine_tune_resumes_to_the_uninterrupted_result(monkeypatc
 
         monkeypatch.setattr(script, "build_trainer", interrupted)
         argv = ["--model_name_or_path", str(bert_folder), "--max_seq_length", "16",
-                *common_args(output, train_file=train_tsv), *settings]
+                *finetune_args(output, train_file=train_tsv), *settings]
         if how == "ctrl-c":
-            assert script.main(argv)["interrupted_at_step"] == 3
+            assert script.run(argv)["interrupted_at_step"] == 3
         else:
             with pytest.raises(RuntimeError, match="power cut"):
-                script.main(argv)
+                script.run(argv)
         monkeypatch.setattr(script, "build_trainer", build_trainer)
         assert (output / resumed_from / "trainer_state.json").is_file()
         assert not list(output.glob("checkpoint-*/training_args.bin"))  # no pickle of ours in a checkpoint
         assert not (output / "config.json").exists()
 
         with pytest.raises(RuntimeError, match=r"holds checkpoints of an interrupted run: add --resume"):
-            script.main(argv)
+            script.run(argv)
         with pytest.raises(RuntimeError, match=r"was started with other settings \(--learning_rate was 0\.0001, "
                                                r"now 0\.0002\)"):
-            script.main([*argv, "--resume", "--learning_rate", "2e-4"])
-        results = script.main([*argv, "--resume"])
+            script.run([*argv, "--resume", "--learning_rate", "2e-4"])
+        results = script.run([*argv, "--resume"])
         resumed = safetensors.torch.load_file(output / "model.safetensors")
         assert resumed.keys() == whole.keys()
         for key in whole:
             assert torch.equal(resumed[key], whole[key]), (how, key)
         assert results["train"]["epoch"] == 2.0 and not list(output.glob("checkpoint-*"))  # complete: cleaned up
         with pytest.raises(RuntimeError, match=r"the run in .* has finished \(results\.json\); nothing to continue"):
-            script.main([*argv, "--resume"])
+            script.run([*argv, "--resume"])
         with pytest.raises(RuntimeError, match=r"holds a finished fine-tuning run, which this run would overwrite"):
-            script.main(argv)
+            script.run(argv)
 
 
-def test_resume_without_a_run_is_refused(tmp_path, bert_folder, train_tsv):
+def test_resume_without_a_run_is_refused(tmp_path, bert_folder, train_tsv, finetune):
     with pytest.raises(RuntimeError, match=r"--resume: .*out holds no run of this script to continue \(no "
                                            r"finetune_args\.json\); drop --resume to start one"):
         finetune(bert_folder, tmp_path / "out", "--resume", train_file=train_tsv)
@@ -356,7 +361,7 @@ def test_resume_without_a_run_is_refused(tmp_path, bert_folder, train_tsv):
 
 @pytest.mark.parametrize("every", [["--logging_steps", "1"], ["--logging_steps", "100", "--save_steps", "1"]],
                          ids=["loss logged every step", "a checkpoint every step"])
-def test_a_diverged_run_is_an_error_not_a_result(every, tmp_path, bert_folder, train_tsv):
+def test_a_diverged_run_is_an_error_not_a_result(every, tmp_path, bert_folder, train_tsv, finetune):
     """Seen in the logged loss (every step) or, logged rarely, in the weights of a checkpoint: the run stops, no model
     and no scores are written, and no checkpoint with NaN weights is left to resume from."""
     output = tmp_path / "out"
@@ -371,11 +376,11 @@ def test_a_diverged_run_is_an_error_not_a_result(every, tmp_path, bert_folder, t
 
 
 def test_bf16_from_accelerate_launch_on_a_cpu_without_it_trains_in_fp32_and_says_so(
-    monkeypatch, tmp_path, bert_folder, train_tsv, fresh_accelerate_state  # noqa: F811
+    monkeypatch, tmp_path, bert_folder, train_tsv, fresh_accelerate_state, finetune_args
 ):
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "bf16")  # what `accelerate launch --mixed_precision bf16` sets
     monkeypatch.setenv(ASSUME_CPU_BF16, "0")
-    script = load_script()
+    script = finetune_classification
     trainers = []
     build_trainer = script.build_trainer
 
@@ -385,7 +390,7 @@ def test_bf16_from_accelerate_launch_on_a_cpu_without_it_trains_in_fp32_and_says
 
     monkeypatch.setattr(script, "build_trainer", kept)
     with pytest.warns(CpuBf16Warning, match="Training in fp32 instead"):
-        results = script.main(["--model_name_or_path", str(bert_folder), *common_args(tmp_path / "out",
+        results = script.run(["--model_name_or_path", str(bert_folder), *finetune_args(tmp_path / "out",
                                                                                       train_file=train_tsv)])
     assert (results["args"]["mixed_precision"], results["args"]["requested_mixed_precision"]) == ("no", "bf16")
     assert trainers[0].accelerator.mixed_precision == "no"
@@ -397,7 +402,7 @@ def test_bf16_from_accelerate_launch_on_a_cpu_without_it_trains_in_fp32_and_says
 
 
 def evaluate(*argv):
-    return evaluate_translation.main(*evaluate_translation.parse_args(list(argv)))
+    return evaluate_translation.run(*evaluate_translation.parse_args(list(argv)))
 
 
 @pytest.fixture
@@ -460,10 +465,10 @@ def test_visualize_runs_a_folders_code_only_with_trust_remote_code(tmp_path, ber
     with pytest.raises(ValueError, match=r"holds a model of type 'custom_bert' whose code is the folder's own "
                                          r"Python files \(.*custom\.py.*\); they run only if you ask: read them, then "
                                          r"pass --trust_remote_code"):
-        visualize_attention.main(visualize_attention.parse_args(argv))
+        visualize_attention.run(visualize_attention.parse_args(argv))
     assert not marker.exists()
     with pytest.raises(RuntimeError, match="the folder code ran"):  # asked for: it runs
-        visualize_attention.main(visualize_attention.parse_args([*argv, "--trust_remote_code"]))
+        visualize_attention.run(visualize_attention.parse_args([*argv, "--trust_remote_code"]))
     assert marker.exists()
 
 
@@ -477,7 +482,6 @@ def test_visualize_as_a_script_loads_our_folders_without_their_code(tmp_path, be
             "def refuse(name, path, *args, **kwargs):\n"
             "    raise SystemExit(f'the folder code was imported: {path}')\n"
             "dynamic.get_class_in_module = refuse\n"
-            f"sys.path.insert(0, {str(SCRIPTS)!r})\n"
             f"sys.argv = {argv!r}\n"
             f"runpy.run_path({str(SCRIPTS / 'visualize_attention.py')!r}, run_name='__main__')\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
@@ -489,7 +493,7 @@ def test_visualize_names_the_model_folder_it_meant(tmp_path, bert_folder):
     shutil.copytree(bert_folder, tmp_path / "run" / "final")
     with pytest.raises(ValueError, match=r"--model_dir .*run is not a model folder \(no config\.json\); did you mean "
                                          r".*run/final\?"):
-        visualize_attention.main(visualize_attention.parse_args(
+        visualize_attention.run(visualize_attention.parse_args(
             ["--model_dir", str(tmp_path / "run"), "--text", "a fine film", "--output_dir", str(tmp_path / "out")]))
     with pytest.raises(ValueError, match="--text is empty"):
         visualize_attention.parse_args(["--model_dir", str(bert_folder), "--text", " ", "--output_dir", "x"])

@@ -1,7 +1,7 @@
-"""scripts/train_translation.py and its library (translation_data, trainer_utils, evaluate_translation, the metric
-modules, train_tokenizer), on a tiny corpus of Babel display-name pairs with a tiny model: batches by token count,
-data loading and its error messages, exact resumption (stopped, Ctrl-C), refused checkpoints, the final folder,
-the evaluation script and its per-sentence length limit."""
+"""scripts/train_translation.py and its library (vanilla_transformer.training: batching, translation_data,
+translation_eval and its metric modules; evaluate_translation, train_tokenizer), on a tiny corpus of Babel display-name
+pairs with a tiny model: batches by token count, data loading and its error messages, exact resumption (stopped,
+Ctrl-C), refused checkpoints, the final folder, the evaluation script and its per-sentence length limit."""
 
 import gzip
 import json
@@ -17,15 +17,14 @@ import pytest
 import sacrebleu
 import safetensors.torch
 import torch
-from conftest import tiny_transformer_config
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, LogitsProcessorList
 
-import evaluate_translation
-import train_tokenizer
-import train_translation
-from evaluate_translation import SourceLengthLimit
-from trainer_utils import CheckpointError, steps_for_process, token_batches
-from translation_data import (
+from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
+from vanilla_transformer.scripts import evaluate_translation, train_tokenizer
+from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
+from vanilla_transformer.training.batching import sized_batches, steps_for_process, token_batches
+from vanilla_transformer.training.errors import CheckpointError
+from vanilla_transformer.training.translation_data import (
     CorpusArguments,
     babel_pairs,
     load_parallel,
@@ -33,38 +32,10 @@ from translation_data import (
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
-from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
+from vanilla_transformer.training.translation_eval import METRICS_DIR, SourceLengthLimit, translate
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 PAIRS = babel_pairs("de", "en")
-
-
-def write_corpus(folder: Path) -> Path:
-    """48 training pairs (.gz) and 8 validation pairs (plain text), one file per language."""
-    folder.mkdir(parents=True, exist_ok=True)
-    splits = {"train": (PAIRS[::25][:48], gzip.open), "val": (PAIRS[7::97][:8], open)}
-    for split, (pairs, opener) in splits.items():
-        for lang, side in (("de", 0), ("en", 1)):
-            suffix = ".gz" if opener is gzip.open else ""
-            with opener(folder / f"{split}.{lang}{suffix}", "wt", encoding="utf-8") as handle:
-                handle.writelines(pair[side] + "\n" for pair in pairs)
-    return folder
-
-
-def run_args(corpus: Path, output_dir: Path, *extra: str) -> list[str]:
-    """A tiny model on the tiny corpus: about 12 micro-batches per epoch, a few ms per step."""
-    return [
-        "--train_split", str(corpus / "train"), "--validation_split", str(corpus / "val"),
-        "--output_dir", str(output_dir), "--vocab_size", "150", "--d_model", "32", "--encoder_layers", "1",
-        "--decoder_layers", "1", "--attention_heads", "4", "--ffn_dim", "64", "--max_tokens", "64",
-        "--max_length", "24", "--warmup_steps", "4", "--learning_rate", "3e-3", "--num_beams", "2",
-        "--eval_batch_size", "16", "--logging_steps", "1", "--save_steps", "3", *extra,
-    ]  # fmt: skip
-
-
-def run(argv: list[str]):
-    return train_translation.main(*train_translation.parse_args(argv))
 
 
 def weights(checkpoint: Path) -> dict[str, torch.Tensor]:
@@ -78,19 +49,15 @@ def assert_same_weights(a: Path, b: Path) -> None:
         assert torch.equal(first[key], second[key]), key
 
 
-def log_records(output_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (output_dir / "log.jsonl").read_text().splitlines()]
-
-
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory):
+def finished_run(tmp_path_factory, run_translation, translation_args, write_translation_corpus):
     """A completed 8-step run (over an epoch boundary), with dropout, checkpoint averaging and a length-penalty
     choice at the end."""
     root = tmp_path_factory.mktemp("finished")
-    corpus = write_corpus(root / "data")
+    corpus = write_translation_corpus(root / "data")
     output_dir = root / "run"
-    outcome = run(run_args(corpus, output_dir, "--max_steps", "8", "--dropout", "0.1", "--average_last", "2",
-                           "--length_penalties", "0.8", "1.0"))
+    outcome = run_translation(translation_args(corpus, output_dir, "--max_steps", "8", "--dropout", "0.1",
+                                               "--average_last", "2", "--length_penalties", "0.8", "1.0"))
     return corpus, output_dir, outcome
 
 
@@ -124,8 +91,19 @@ def test_token_batches_fit_max_tokens_and_cover_every_example_once():
     assert global_steps[1, 2] == global_steps[2, 1]
 
 
-def test_collated_batches_never_exceed_max_tokens_counting_padding(tmp_path):
-    pairs = load_parallel(str(write_corpus(tmp_path) / "train"), CorpusArguments())
+def test_sized_batches_group_similar_lengths_and_cover_every_example_once():
+    lengths = np.random.default_rng(0).integers(1, 40, size=101)
+    batches = sized_batches(lengths, batch_size=10, seed=1, epoch=0)
+    assert sorted(len(b) for b in batches) == [1] + [10] * 10
+    assert sorted(i for b in batches for i in b) == list(range(101))
+    spans = sorted((lengths[b].min(), lengths[b].max()) for b in batches)
+    assert all(high <= next_low for (_, high), (next_low, _) in zip(spans, spans[1:]))  # cut from the sorted order
+    assert batches == sized_batches(lengths, 10, seed=1, epoch=0)  # re-created on resume
+    assert batches != sized_batches(lengths, 10, seed=1, epoch=1)
+
+
+def test_collated_batches_never_exceed_max_tokens_counting_padding(tmp_path, write_translation_corpus):
+    pairs = load_parallel(str(write_translation_corpus(tmp_path) / "train"), CorpusArguments())
     tokenizer = train_bpe_tokenizer(list(pairs["source"]) + list(pairs["target"]), vocab_size=150,
                                     show_progress=False)
     tokenized, _ = trainable_pairs(tokenize_pairs(pairs, tokenizer), max_length=24)
@@ -145,8 +123,8 @@ def test_collated_batches_never_exceed_max_tokens_counting_padding(tmp_path):
 def test_metric_modules_agree_with_sacrebleu():
     hypotheses = ["The cat sat on the mat.", "A dog runs in the park!", "Two men play football on a beach."]
     references = ["The cat is on the mat.", "A dog is running in the park.", "Two men play soccer at the beach."]
-    bleu = evaluate.load(str(SCRIPTS / "metrics" / "sacrebleu"))
-    chrf = evaluate.load(str(SCRIPTS / "metrics" / "chrf"))
+    bleu = evaluate.load(str(METRICS_DIR / "sacrebleu"))
+    chrf = evaluate.load(str(METRICS_DIR / "chrf"))
     result = bleu.compute(predictions=hypotheses, references=[[r] for r in references])
     expected = sacrebleu.corpus_bleu(hypotheses, [references])
     assert result["score"] == pytest.approx(expected.score) and result["counts"] == expected.counts
@@ -224,10 +202,10 @@ def test_empty_and_overlong_pairs_are_dropped_and_counted_and_tokens_cached(tmp_
     assert again.cache_files == tokenized.cache_files and cache_file.stat().st_mtime_ns == written  # read, not redone
 
 
-def test_train_tokenizer_bpe_from_files_and_wordpiece_from_a_dataset(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
+def test_train_tokenizer_bpe_from_files_and_wordpiece_from_a_dataset(tmp_path, write_translation_corpus):
+    corpus = write_translation_corpus(tmp_path / "data")
     files = [str(corpus / "train.de.gz"), str(corpus / "train.en.gz")]
-    train_tokenizer.main(train_tokenizer.TokenizerArguments(output_dir=str(tmp_path / "bpe"), files=files,
+    train_tokenizer.run(train_tokenizer.TokenizerArguments(output_dir=str(tmp_path / "bpe"), files=files,
                                                             vocab_size=120))
     bpe = AutoTokenizer.from_pretrained(tmp_path / "bpe")
     assert [bpe.pad_token_id, bpe.bos_token_id, bpe.eos_token_id, bpe.unk_token_id] == [0, 1, 2, 3]
@@ -237,47 +215,51 @@ def test_train_tokenizer_bpe_from_files_and_wordpiece_from_a_dataset(tmp_path):
     (tmp_path / "wiki").mkdir()
     (tmp_path / "wiki" / "train.jsonl").write_text("".join(json.dumps({"text": f"The Dog number {i}."}) + "\n"
                                                            for i in range(30)))
-    train_tokenizer.main(train_tokenizer.TokenizerArguments(
+    train_tokenizer.run(train_tokenizer.TokenizerArguments(
         output_dir=str(tmp_path / "wp"), kind="wordpiece", dataset_name=str(tmp_path / "wiki"), vocab_size=60))
     wordpiece = AutoTokenizer.from_pretrained(tmp_path / "wp")
     assert wordpiece.convert_ids_to_tokens(wordpiece("The Dog")["input_ids"]) == ["[CLS]", "the", "dog", "[SEP]"]
     with pytest.raises(ValueError, match="has no column"):
-        train_tokenizer.main(train_tokenizer.TokenizerArguments(
+        train_tokenizer.run(train_tokenizer.TokenizerArguments(
             output_dir=str(tmp_path / "x"), dataset_name=str(tmp_path / "wiki"), columns=["sentence"]))
 
 
 # ---------------------------------------------------------------------------------------------- resumption
 
 
-def test_epoch_and_time_budgets_and_a_given_tokenizer(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
-    train_tokenizer.main(train_tokenizer.TokenizerArguments(
+def test_epoch_and_time_budgets_and_a_given_tokenizer(tmp_path, log_records, run_translation, translation_args,
+                                                      write_translation_corpus):
+    corpus = write_translation_corpus(tmp_path / "data")
+    train_tokenizer.run(train_tokenizer.TokenizerArguments(
         output_dir=str(tmp_path / "tokenizer"), files=[str(corpus / "train.de.gz"), str(corpus / "train.en.gz")],
         vocab_size=150))
-    outcome = run(run_args(corpus, tmp_path / "epoch", "--num_epochs", "1", "--tokenizer", str(tmp_path / "tokenizer")))
+    outcome = run_translation(translation_args(corpus, tmp_path / "epoch", "--num_epochs", "1", "--tokenizer",
+                                               str(tmp_path / "tokenizer")))
     assert outcome.completed and outcome.stop_reason == "--num_epochs 1" and outcome.epoch == 1
     records = [r for r in log_records(tmp_path / "epoch") if "loss" in r]
     assert records[-1]["step"] == outcome.global_step and records[-1]["epoch"] == 1.0 > records[-2]["epoch"]
     assert not (tmp_path / "epoch" / "tokenizer").exists()  # the given one was used
     assert len(AutoTokenizer.from_pretrained(tmp_path / "epoch" / "final")) == 150
 
-    train_tokenizer.main(train_tokenizer.TokenizerArguments(
+    train_tokenizer.run(train_tokenizer.TokenizerArguments(
         output_dir=str(tmp_path / "wordpiece"), kind="wordpiece", files=[str(corpus / "train.de.gz")], vocab_size=100))
     with pytest.raises(ValueError, match="has no bos_token, eos_token: the decoder starts from <s>"):
-        run(run_args(corpus, tmp_path / "wp", "--max_steps", "1", "--tokenizer", str(tmp_path / "wordpiece")))
+        run_translation(translation_args(corpus, tmp_path / "wp", "--max_steps", "1", "--tokenizer",
+                                         str(tmp_path / "wordpiece")))
 
-    outcome = run(run_args(corpus, tmp_path / "timed", "--max_train_minutes", "1e-9"))
+    outcome = run_translation(translation_args(corpus, tmp_path / "timed", "--max_train_minutes", "1e-9"))
     assert outcome.completed and outcome.stop_reason == "--max_train_minutes 1e-09" and outcome.global_step == 1
 
 
-def test_stopped_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_path):
+def test_stopped_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_path, log_records, run_translation,
+                                                            translation_args):
     corpus, full_dir, full = finished_run
     assert full.completed and full.global_step == 8 and full.epoch >= 1  # crossed an epoch boundary
     common = ["--max_steps", "8", "--dropout", "0.1"]  # dropout on: the RNG state must be restored too
-    first = run(run_args(corpus, tmp_path, *common, "--max_steps_this_run", "5"))
+    first = run_translation(translation_args(corpus, tmp_path, *common, "--max_steps_this_run", "5"))
     assert not first.completed and first.global_step == 5 and first.checkpoint.name == "step-5"
     assert not (tmp_path / "final").exists()
-    second = run(run_args(corpus, tmp_path, *common, "--resume"))
+    second = run_translation(translation_args(corpus, tmp_path, *common, "--resume"))
     assert second.completed and second.global_step == 8
     assert_same_weights(full_dir / "checkpoints" / "step-8", tmp_path / "checkpoints" / "step-8")
     losses = [(r["step"], r["loss"]) for r in log_records(tmp_path) if "loss" in r]
@@ -285,9 +267,10 @@ def test_stopped_and_resumed_run_ends_with_the_same_weights(finished_run, tmp_pa
     assert [step for step, _ in losses] == list(range(1, 9))  # the log continues where the checkpoint was
 
 
-def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_matches(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
-    argv = run_args(corpus, tmp_path / "run", "--save_steps", "100000")
+def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_matches(tmp_path, run_translation, translation_args,
+                                                               write_translation_corpus):
+    corpus = write_translation_corpus(tmp_path / "data")
+    argv = translation_args(corpus, tmp_path / "run", "--save_steps", "100000")
     process = subprocess.Popen(
         [sys.executable, str(SCRIPTS / "train_translation.py"), *argv, "--max_steps", "100000"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -308,41 +291,42 @@ def test_ctrl_c_saves_a_checkpoint_and_the_resumed_run_matches(tmp_path):
     stopped_at = int(checkpoint.name.removeprefix("step-"))
     assert stopped_at >= 3 and "interrupted" in output
 
-    resumed = run([*argv, "--max_steps", str(stopped_at + 2), "--resume"])
-    reference = run(run_args(corpus, tmp_path / "reference", "--save_steps", "100000",
+    resumed = run_translation([*argv, "--max_steps", str(stopped_at + 2), "--resume"])
+    reference = run_translation(translation_args(corpus, tmp_path / "reference", "--save_steps", "100000",
                              "--max_steps", str(stopped_at + 2)))
     assert resumed.global_step == reference.global_step == stopped_at + 2
     assert_same_weights(resumed.checkpoint, reference.checkpoint)
 
 
-def test_corrupt_or_incompatible_checkpoints_are_refused_with_a_clear_error(tmp_path):
-    corpus = write_corpus(tmp_path / "data")
-    argv = run_args(corpus, tmp_path / "run", "--max_steps", "6")
-    run([*argv, "--max_steps_this_run", "3"])
+def test_corrupt_or_incompatible_checkpoints_are_refused_with_a_clear_error(tmp_path, run_translation, translation_args,
+                                                                            write_translation_corpus):
+    corpus = write_translation_corpus(tmp_path / "data")
+    argv = translation_args(corpus, tmp_path / "run", "--max_steps", "6")
+    run_translation([*argv, "--max_steps_this_run", "3"])
     with pytest.raises(CheckpointError, match="pass --resume to continue it"):
-        run(argv)  # never overwrite an earlier run silently
+        run_translation(argv)  # never overwrite an earlier run silently
     with pytest.raises(CheckpointError, match="max_tokens: checkpoint 64, now 80"):
-        run([*argv, "--resume", "--max_tokens", "80"])
+        run_translation([*argv, "--resume", "--max_tokens", "80"])
     with pytest.raises(CheckpointError, match="--ffn_dim: checkpoint 64, now 48"):  # before any data is read
-        run([*argv, "--resume", "--ffn_dim", "48"])
+        run_translation([*argv, "--resume", "--ffn_dim", "48"])
     rng_file = tmp_path / "run" / "checkpoints" / "step-3" / "rng_state_0.safetensors"
     rng_state = rng_file.read_bytes()
     rng_file.write_bytes(rng_state[:100])  # accelerate alone would resume without restoring the RNG
     with pytest.raises(CheckpointError, match="cannot resume from .*step-3.*corrupt"):
-        run([*argv, "--resume"])
+        run_translation([*argv, "--resume"])
     rng_file.write_bytes(rng_state)
     weights_file = tmp_path / "run" / "checkpoints" / "step-3" / "model.safetensors"
     weights_file.write_bytes(weights_file.read_bytes()[: weights_file.stat().st_size // 2])
     with pytest.raises(CheckpointError, match="cannot resume from .*step-3.*corrupt"):
-        run([*argv, "--resume"])
+        run_translation([*argv, "--resume"])
     with pytest.raises(CheckpointError, match="no checkpoint"):
-        run(run_args(corpus, tmp_path / "empty", "--max_steps", "6", "--resume"))
+        run_translation(translation_args(corpus, tmp_path / "empty", "--max_steps", "6", "--resume"))
 
 
 # ------------------------------------------------------------------------------------ results and evaluation
 
 
-def test_finished_run_leaves_a_hub_folder_logs_and_a_plot(finished_run):
+def test_finished_run_leaves_a_hub_folder_logs_and_a_plot(finished_run, log_records):
     _, output_dir, outcome = finished_run
     final = output_dir / "final"
     generation = json.loads((final / "generation_config.json").read_text())
@@ -368,7 +352,7 @@ def test_finished_run_leaves_a_hub_folder_logs_and_a_plot(finished_run):
 
 
 @pytest.mark.parametrize("num_beams", [1, 3])
-def test_each_translation_ends_at_its_own_source_length_limit(num_beams):
+def test_each_translation_ends_at_its_own_source_length_limit(num_beams, tiny_transformer_config):
     tokenizer = train_bpe_tokenizer([text for pair in PAIRS[:300] for text in pair], vocab_size=200,
                                     show_progress=False)
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(tokenizer))).eval()
@@ -391,7 +375,7 @@ def test_evaluate_translation_writes_scores_and_translations(finished_run, tmp_p
     output = tmp_path / "test_scores.json"
     argv = ["--model_dir", str(output_dir / "final"), "--split", str(corpus / "val"), "--output_file", str(output),
             "--length_penalty", "0.6", "--batch_size", "3"]
-    result = evaluate_translation.main(*evaluate_translation.parse_args(argv))
+    result = evaluate_translation.run(*evaluate_translation.parse_args(argv))
     saved = json.loads(output.read_text())
     hypotheses = [t["hypothesis"] for t in saved["translations"]]
     references = [t["reference"] for t in saved["translations"]]
@@ -408,6 +392,6 @@ def test_evaluate_translation_writes_scores_and_translations(finished_run, tmp_p
     model = AutoModelForSeq2SeqLM.from_pretrained(output_dir / "final").eval()
     tokenizer = AutoTokenizer.from_pretrained(output_dir / "final")
     sources = [t["source"] for t in saved["translations"]]
-    one_by_one = [evaluate_translation.translate(model, tokenizer, [s], num_beams=2, length_penalty=0.6)[0]
+    one_by_one = [translate(model, tokenizer, [s], num_beams=2, length_penalty=0.6)[0]
                   for s in sources]
     assert one_by_one == hypotheses

@@ -7,12 +7,11 @@ import re
 import matplotlib.image
 import pytest
 import torch
-from conftest import tiny_bert_config, tiny_transformer_config
 from transformers import AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
 
-import visualize_attention
 from vanilla_transformer.modeling import VanillaBertForMaskedLM, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.scripts import visualize_attention
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer, train_wordpiece_tokenizer
 
 TEXTS = ["ein kleiner Hund läuft", "a small dog runs", "zwei Katzen schlafen", "two cats sleep"] * 5
@@ -20,7 +19,7 @@ SOURCE, TARGET = "ein kleiner Hund schläft", "a small dog sleeps"
 
 
 @pytest.fixture(scope="module")
-def translation_folder(tmp_path_factory):
+def translation_folder(tmp_path_factory, tiny_transformer_config):
     """An untrained encoder-decoder, 2 encoder layers and 3 decoder layers, that generates at most 6 tokens."""
     tokenizer = train_bpe_tokenizer(TEXTS, vocab_size=60, min_frequency=1, show_progress=False)
     model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(**special_token_ids(tokenizer),
@@ -30,7 +29,7 @@ def translation_folder(tmp_path_factory):
 
 
 def run(*argv: str):
-    return visualize_attention.main(visualize_attention.parse_args(list(argv)))
+    return visualize_attention.run(visualize_attention.parse_args(list(argv)))
 
 
 def panels(figure) -> list:
@@ -101,7 +100,7 @@ def test_without_a_target_the_models_own_translation_is_shown(translation_folder
     assert rows == tokenizer.convert_ids_to_tokens(generated)[: len(generated) - 1]
 
 
-def test_a_bert_folder_gives_its_self_attention(tmp_path):
+def test_a_bert_folder_gives_its_self_attention(tmp_path, tiny_bert_config):
     tokenizer = train_wordpiece_tokenizer(TEXTS, vocab_size=60, min_frequency=1, show_progress=False)
     folder = save_for_hub(VanillaBertForMaskedLM(tiny_bert_config(vocab_size=len(tokenizer))).eval(),
                           tmp_path / "bert", tokenizer)

@@ -1,4 +1,5 @@
-"""The main job's embedded English text: the docstrings of Python's own standard library.
+"""Text for masked-LM pretraining: the main job's embedded English text (the docstrings of Python's own standard
+library), and `group_blocks`, which cuts tokenized documents into BERT's input blocks.
 
 Every Python installation carries a few megabytes of human-written English prose in the docstrings of its standard
 library ("Return a new list containing all items from the iterable in ascending order."). They are read here with
@@ -58,3 +59,29 @@ def _is_prose(paragraph: str, min_words: int) -> bool:
     tokens = paragraph.split()
     words = sum(bool(WORD.fullmatch(token.strip(".,;:!?\"'()"))) for token in tokens)
     return words >= min_words and words >= 0.7 * len(tokens)
+
+
+def group_blocks(documents: dict[str, list[list]], block_size: int, cls_id: int, sep_id: int) -> dict[str, list]:
+    """Documents tokenized without special tokens -> blocks of `block_size` tokens: BERT's input format.
+
+    Each document is closed with [SEP], the documents are concatenated, and the stream is cut into pieces of
+    `block_size - 1` tokens, each opened with [CLS]: "[CLS] ... end of a document [SEP] next document ...".
+    (The grouping of transformers' run_mlm.py, but with [CLS] first in every block, where fine-tuning reads the
+    sequence, and with the shorter last block kept rather than dropped: every token is trained on.)
+    Returns input_ids and special_tokens_mask (so the collator never masks [CLS] or [SEP]); offset_mapping too
+    when the documents have it (whole-word masking: a special token between two pieces ends a word)."""
+    columns = {"input_ids": [], "special_tokens_mask": []}
+    with_offsets = "offset_mapping" in documents
+    if with_offsets:
+        columns["offset_mapping"] = []
+    for index, ids in enumerate(documents["input_ids"]):
+        columns["input_ids"] += [*ids, sep_id]
+        columns["special_tokens_mask"] += [0] * len(ids) + [1]
+        if with_offsets:
+            columns["offset_mapping"] += [*map(tuple, documents["offset_mapping"][index]), (0, 0)]
+    first = {"input_ids": cls_id, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
+    piece = block_size - 1
+    return {
+        name: [[first[name], *stream[start : start + piece]] for start in range(0, len(stream), piece)]
+        for name, stream in columns.items()
+    }

@@ -23,6 +23,8 @@ from pathlib import Path
 import datasets
 import numpy as np
 
+from vanilla_transformer.training.errors import DataError, DataFileNotFoundError, DataWarning
+
 TOKENIZATION_VERSION = "1"  # bump when tokenize_pairs changes what it writes: old caches are then not reused
 
 
@@ -43,18 +45,6 @@ def babel_pairs(source_lang: str = "de", target_lang: str = "en") -> list[tuple[
             tgt_names = getattr(target, table)["format"][width]
             pairs += [(src_names[key], tgt_names[key]) for key in sorted(src_names)]
     return sorted({(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()})
-
-
-class DataError(ValueError):
-    """A data file or dataset that cannot be used as it is. The message names the file (and the line) and the fix."""
-
-
-class DataFileNotFoundError(DataError, FileNotFoundError):
-    """A data file that is not there."""
-
-
-class DataWarning(UserWarning):
-    """Data that was dropped or that looks wrong, with counts."""
 
 
 def text_lines(path: str | Path) -> Iterator[str]:

@@ -1,6 +1,7 @@
 """Accuracy and F1 for classification, as an `evaluate` metric that loads offline (evaluate 0.4.6 ships no metric
-scripts): `evaluate.load("path/to/scripts/metrics/accuracy_f1")`. Self-contained (numpy, datasets, evaluate), since
-`evaluate.load` copies this file into its module cache and imports it from there.
+scripts): `evaluate.load(str(METRICS_DIR / "accuracy_f1"))`, METRICS_DIR from
+`vanilla_transformer.training.translation_eval` (this folder, installed with the package). Self-contained (numpy,
+datasets, evaluate), since `evaluate.load` copies this file into its module cache and imports it from there.
 
     metric = evaluate.load(path)
     metric.compute(predictions=[1, 0, 1], references=[1, 1, 1])              # binary F1 of class 1

@@ -1,0 +1,420 @@
+"""Checkpoints as data, the output folder's checks, and the final Hub-ready folder.
+
+A checkpoint (`Checkpoints`) holds the model, optimizer, scheduler, gradient scaler, each process's RNG state and the
+`TrainingProgress` (epoch, step within it, global step, elapsed time, the run's arguments), as data only: safetensors
+and JSON, no pickle, so that resuming never runs code that a checkpoint file brings. Checkpoints are written to a
+temporary folder and renamed when complete. Before any data is read, `prepare_output_dir` checks the output folder:
+writable; a fresh run does not mix with an earlier run's outputs; `--resume` finds a checkpoint whose run had the same
+arguments (those that shape the trajectory; the stopping, logging and saving ones may change).
+"""
+
+import json
+import os
+import random
+import shutil
+import warnings
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import safetensors.torch
+import torch
+from accelerate import Accelerator
+from accelerate.utils import extract_model_from_parallel
+
+from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.training.errors import ArgumentError, CheckpointError, DataWarning
+
+if TYPE_CHECKING:
+    from vanilla_transformer.training.loop import LoopArguments
+
+
+@dataclass
+class TrainingProgress:
+    """Where training stands; saved in every checkpoint as progress.json."""
+
+    epoch: int = 0
+    step_in_epoch: int = 0  # optimizer steps already done in `epoch`
+    global_step: int = 0
+    train_seconds: float = 0.0
+    signature: dict = field(default_factory=dict)
+    arguments: dict = field(default_factory=dict)  # the run's arguments: a resumed run must go on with the same
+
+    def state_dict(self) -> dict:
+        return asdict(self)
+
+    def load_state_dict(self, state: dict) -> None:
+        for key, value in state.items():
+            setattr(self, key, value)
+
+
+# A checkpoint folder holds data only, never pickle: `--resume` reads it with safetensors and json, which build
+# tensors, numbers and strings and run nothing, whatever a file holds.
+#   model.safetensors        the weights (as accelerate's save_state wrote them: tied weights once)
+#   optimizer.safetensors    the optimizer's state_dict; scheduler.safetensors, scaler.safetensors (fp16) likewise
+#   rng_state_<i>.safetensors  process i's random generators (Python, NumPy, torch CPU and CUDA)
+#   progress.json            epoch, step, elapsed time, the data signature, the run's arguments
+# A state_dict is stored as a safetensors file whose tensors are the state's tensors and whose metadata is the
+# rest of it in JSON, each container tagged ({"dict": [[key, value], ...]}, {"list": [...]}, {"tuple": [...]},
+# {"tensor": name}, {"ndarray": [...], "dtype": ...}) so that it comes back with the same types.
+
+PROGRESS_FILE = "progress.json"
+LEGACY_PICKLES = ("random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin")
+
+
+def _encode(value, tensors: dict):
+    if isinstance(value, torch.Tensor):
+        name = str(len(tensors))
+        tensors[name] = value.detach().cpu().contiguous()
+        return {"tensor": name}
+    if isinstance(value, np.ndarray):
+        return {"ndarray": value.tolist(), "dtype": str(value.dtype)}
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, dict):
+        return {"dict": [[_encode(k, tensors), _encode(v, tensors)] for k, v in value.items()]}
+    if isinstance(value, (list, tuple)):
+        return {"tuple" if isinstance(value, tuple) else "list": [_encode(v, tensors) for v in value]}
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"a {type(value).__name__} cannot be stored in a checkpoint (tensors, numbers, strings only)")
+
+
+def _decode(value, tensors):
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, dict) and len(value) in (1, 2):
+        (tag, content), *rest = value.items()
+        if tag == "tensor" and not rest:
+            return tensors.get_tensor(content)
+        if tag == "ndarray" and rest and rest[0][0] == "dtype" and np.dtype(rest[0][1]).kind in "biuf":
+            return np.asarray(content, dtype=np.dtype(rest[0][1]))  # numbers only, never Python objects
+        if tag in ("list", "tuple") and not rest and isinstance(content, list):
+            items = [_decode(v, tensors) for v in content]
+            return items if tag == "list" else tuple(items)
+        if tag == "dict" and not rest and isinstance(content, list):
+            return {_decode(k, tensors): _decode(v, tensors) for k, v in content}
+    raise ValueError(f"unexpected entry {json.dumps(value)[:80]}")
+
+
+def save_state_file(path: Path, state) -> None:
+    """A state_dict (nested dicts, lists, tuples of tensors, numbers, strings) as one safetensors file."""
+    tensors = {}
+    metadata = {"state": json.dumps(_encode(state, tensors))}
+    safetensors.torch.save_file(tensors, str(path), metadata=metadata)
+
+
+def load_state_file(path: Path):
+    """What `save_state_file` wrote, read as data (safetensors and json: nothing in the file runs)."""
+    with safetensors.safe_open(str(path), framework="pt", device="cpu") as tensors:
+        metadata = tensors.metadata() or {}
+        if "state" not in metadata:
+            raise ValueError(f"{path.name} has no state in its metadata")
+        return _decode(json.loads(metadata["state"]), tensors)
+
+
+def _rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state:
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _save_weights(model: torch.nn.Module, path: Path) -> None:
+    """The model's weights, tied ones once under their first name in the state_dict (as accelerate's save_state
+    wrote them: model.encoder.embed_tokens.weight, not lm_head.weight); `safetensors.torch.load_model` restores the
+    ties."""
+    tensors, seen = {}, set()
+    for name, tensor in model.state_dict().items():
+        storage = (tensor.device, tensor.untyped_storage().data_ptr(), tensor.untyped_storage().nbytes())
+        if storage not in seen:
+            seen.add(storage)
+            tensors[name] = tensor.detach().cpu().contiguous()
+    safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
+
+
+def _fsync(path: Path) -> None:
+    """Make a written file (or a renamed folder's entry) durable: a power cut must not leave a renamed, complete-
+    looking checkpoint with missing data."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:  # some file systems do not sync folders
+        pass
+    finally:
+        os.close(descriptor)
+
+
+class Checkpoints:
+    """`output_dir/checkpoints/step-N` folders (data only: see above), written complete or not at all."""
+
+    def __init__(self, output_dir: str | Path, keep: int):
+        self.folder = Path(output_dir) / "checkpoints"
+        self.keep = keep
+
+    def all(self) -> list[Path]:
+        """Complete checkpoints, oldest first (a save that was cut short is left in a `tmp-` folder, not listed)."""
+        if not self.folder.is_dir():
+            return []
+        found = [p for p in self.folder.iterdir()
+                 if p.is_dir() and p.name.startswith("step-") and p.name.removeprefix("step-").isdigit()]
+        return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
+
+    def save(self, accelerator: Accelerator, model, optimizer, scheduler, progress: TrainingProgress) -> Path:
+        """Write a checkpoint of the current step. A failure to write (a full disk) removes the partial folder and
+        raises a `CheckpointError` on every process; the earlier checkpoints are left as they were."""
+        final = self.folder / f"step-{progress.global_step}"
+        partial = self.folder / f"tmp-step-{progress.global_step}"
+        failure = None
+        if accelerator.is_main_process:
+            try:
+                for unfinished in self.folder.glob("tmp-step-*"):  # saves that were cut short
+                    shutil.rmtree(unfinished)
+                partial.mkdir(parents=True)
+            except OSError as error:
+                failure = error
+        accelerator.wait_for_everyone()
+        written = []
+        try:
+            if failure is None:
+                if accelerator.is_main_process:
+                    _save_weights(accelerator.unwrap_model(model), partial / "model.safetensors")
+                    save_state_file(partial / "optimizer.safetensors", optimizer.state_dict())
+                    save_state_file(partial / "scheduler.safetensors", scheduler.state_dict())
+                    if accelerator.scaler is not None:
+                        save_state_file(partial / "scaler.safetensors", accelerator.scaler.state_dict())
+                    (partial / PROGRESS_FILE).write_text(json.dumps(progress.state_dict(), indent=1) + "\n")
+                    written += ["model.safetensors", "optimizer.safetensors", "scheduler.safetensors",
+                                PROGRESS_FILE] + (["scaler.safetensors"] if accelerator.scaler is not None else [])
+                name = f"rng_state_{accelerator.process_index}.safetensors"
+                save_state_file(partial / name, _rng_state())
+                written.append(name)
+                for name in written:
+                    _fsync(partial / name)
+        except Exception as error:  # a full disk: OSError, or torch's / safetensors' own errors without a file name
+            failure = error
+        failed = torch.tensor(float(failure is not None), device=accelerator.device)
+        if accelerator.num_processes > 1:
+            failed = accelerator.reduce(failed, "sum")
+        if failed.item() > 0:
+            if accelerator.is_main_process:
+                shutil.rmtree(partial, ignore_errors=True)
+            earlier = self.all()
+            reason = f"{type(failure).__name__}: {failure}" if failure is not None else "another process failed"
+            raise CheckpointError(
+                f"could not write the checkpoint {final} ({reason}). Is the disk full? "
+                + (f"The earlier checkpoint {earlier[-1]} is intact: free some space, then continue with --resume"
+                   if earlier else "There is no earlier checkpoint: free some space and start again")
+            ) from failure
+        accelerator.wait_for_everyone()
+        if accelerator.is_main_process:
+            if final.exists():
+                shutil.rmtree(final)
+            partial.rename(final)  # complete, or not there at all
+            _fsync(self.folder)
+            for old in self.all()[: -self.keep]:
+                shutil.rmtree(old)
+        accelerator.wait_for_everyone()
+        return final
+
+    def read_progress(self, checkpoint: Path) -> dict:
+        """The checkpoint's progress.json (before anything else is loaded: the run's arguments and signature)."""
+        path = checkpoint / PROGRESS_FILE
+        if not path.is_file():
+            if any((checkpoint / name).exists() for name in LEGACY_PICKLES):
+                raise CheckpointError(
+                    f"cannot resume from {checkpoint}: it was written by an earlier version of these scripts, in "
+                    "pickle files (random_states_0.pkl, custom_checkpoint_0.pkl, optimizer.bin), which --resume no "
+                    "longer reads: unpickling runs whatever code a file holds. Its weights are in model.safetensors; "
+                    "start a new --output_dir"
+                )
+            raise CheckpointError(f"cannot resume from {checkpoint}: it has no {PROGRESS_FILE} (cut short, or not a "
+                                  "checkpoint of these scripts); delete this folder to resume from the previous "
+                                  "checkpoint, or start a new --output_dir")
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+            if not isinstance(record, dict) or not {"global_step", "epoch", "signature", "arguments"} <= record.keys():
+                raise ValueError("not a progress record")
+        except (ValueError, UnicodeDecodeError) as error:
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: {PROGRESS_FILE} is corrupt ({error}); delete this folder to resume "
+                "from the previous checkpoint, or start a new --output_dir"
+            ) from None
+        return record
+
+    def load(self, accelerator: Accelerator, checkpoint: Path, model, optimizer, scheduler,
+             progress: TrainingProgress) -> None:
+        """Restore everything `save` wrote, after checking that the checkpoint's data signature is this run's.
+        Every file is read as data."""
+        rng_file = checkpoint / f"rng_state_{accelerator.process_index}.safetensors"
+        record = self.read_progress(checkpoint)
+        if not rng_file.is_file():
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: it has no {rng_file.name} (written by a run with fewer processes, "
+                "or cut short); resume with the same number of processes, or start a new --output_dir"
+            )
+        check_signature(checkpoint, record["signature"], progress.signature)
+        try:
+            rng_state = load_state_file(rng_file)  # first: an unreadable RNG state must not pass unnoticed
+            safetensors.torch.load_model(accelerator.unwrap_model(model), str(checkpoint / "model.safetensors"))
+            optimizer.load_state_dict(load_state_file(checkpoint / "optimizer.safetensors"))
+            scheduler.load_state_dict(load_state_file(checkpoint / "scheduler.safetensors"))
+            if accelerator.scaler is not None:
+                accelerator.scaler.load_state_dict(load_state_file(checkpoint / "scaler.safetensors"))
+            _set_rng_state(rng_state)
+        except Exception as error:  # any failure to read or fit the state
+            raise CheckpointError(
+                f"cannot resume from {checkpoint}: {type(error).__name__}: {error}. The checkpoint is corrupt or was "
+                "written by a different model or optimizer; delete this folder to resume from the previous "
+                "checkpoint, or start a new --output_dir"
+            ) from error
+        progress.load_state_dict(record)
+
+
+def check_signature(checkpoint: Path, recorded: dict, expected: dict) -> None:
+    """The values that fix the data order (and the tokenizer) must be the checkpoint's."""
+    mismatched = {k: (recorded.get(k), v) for k, v in expected.items() if recorded.get(k) != v}
+    if mismatched:
+        details = ", ".join(f"{k}: checkpoint {old!r}, now {new!r}" for k, (old, new) in mismatched.items())
+        raise CheckpointError(
+            f"cannot resume from {checkpoint}: it was written by a run with other settings or data ({details}); "
+            "resuming would not reproduce that run. Use the same settings and data, or start a new --output_dir"
+        )
+
+
+# Arguments that a resumed run may change: when to stop, what to log, how often to save, how to report. Any other
+# argument shapes what training does, and a resumed run must keep it (the scripts add their evaluation-only ones).
+CHANGEABLE_ON_RESUME = frozenset({
+    "output_dir", "resume", "max_steps", "num_epochs", "max_train_minutes", "max_steps_this_run", "logging_steps",
+    "eval_steps", "save_steps", "keep_checkpoints", "average_last", "report_to", "force_bf16",
+    "requested_mixed_precision",
+})
+# What an earlier run leaves in output_dir beside checkpoints/ and final/: thrown away by a fresh run when that run
+# saved no checkpoint (nothing of it can be resumed or used).
+LEFTOVERS = ("tokenizer", "log.jsonl", "training_args.json", "training_curves.png", "validation_scores.json")
+
+
+@dataclass
+class ResumePoint:
+    checkpoint: Path
+    record: dict  # its progress.json
+
+    def check_signature(self, **expected) -> None:
+        """Check part of the data signature early (e.g. the tokenizer, before tokenizing the data with it)."""
+        check_signature(self.checkpoint, self.record["signature"], expected)
+
+
+def prepare_output_dir(accelerator: Accelerator, args: "LoopArguments", arguments: dict,
+                       changeable: Iterable[str] = ()) -> ResumePoint | None:
+    """Check `--output_dir` before any data is read, and return where `--resume` starts (None: a fresh run).
+
+    - The folder must be writable (made if missing).
+    - A fresh run refuses a folder with checkpoints or a final model of an earlier run, and throws away the
+      leftovers of an earlier run that saved no checkpoint (its tokenizer, log, arguments), saying so.
+    - `--resume` needs a checkpoint whose run had the same `arguments`, but for the changeable ones
+      (CHANGEABLE_ON_RESUME and `changeable`), the same number of processes, and a stop that is not behind it."""
+    output_dir = Path(args.output_dir)
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / f".write-test-{os.getpid()}-{accelerator.process_index}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise ArgumentError(f"--output_dir {output_dir} cannot be written ({type(error).__name__}: "
+                            f"{error.strerror or error}): choose a folder you can write to") from None
+    checkpoints = Checkpoints(output_dir, args.keep_checkpoints)
+    if args.resume:
+        if not checkpoints.all():
+            raise CheckpointError(f"--resume: no checkpoint in {checkpoints.folder}")
+        latest = checkpoints.all()[-1]
+        record = checkpoints.read_progress(latest)
+        _check_resumed_arguments(latest, record, arguments, CHANGEABLE_ON_RESUME | set(changeable))
+        check_signature(latest, record["signature"], {"num_processes": accelerator.num_processes})
+        for name, unit, done in (("max_steps", "step", record["global_step"]), ("num_epochs", "epoch", record["epoch"])):
+            limit = getattr(args, name)
+            if limit is not None and done > limit:
+                raise ArgumentError(
+                    f"--{name} {limit}: the checkpoint {latest} is already at {unit} {done}; give --{name} {done} or "
+                    f"more to continue it (its final model is in {output_dir / 'final'} if that run completed)"
+                )
+        return ResumePoint(latest, record)
+    if checkpoints.all():
+        raise CheckpointError(
+            f"{checkpoints.folder} holds checkpoints of an earlier run: pass --resume to continue it, or choose "
+            "another --output_dir"
+        )
+    finals = sorted(p.name for p in output_dir.glob("final*") if p.is_dir())
+    if finals:
+        raise CheckpointError(
+            f"{output_dir} holds {', '.join(finals)}: the model of an earlier run (its checkpoints are gone). A new "
+            "run there would leave it beside the new one: choose another --output_dir, or move it away"
+        )
+    leftovers = [output_dir / name for name in LEFTOVERS if (output_dir / name).exists()]
+    leftovers += sorted(checkpoints.folder.glob("tmp-step-*")) if checkpoints.folder.is_dir() else []
+    accelerator.wait_for_everyone()  # every process has looked before the main one deletes
+    if leftovers and accelerator.is_main_process:
+        for path in leftovers:
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        warnings.warn(f"{output_dir}: removed the leftovers of an earlier run that saved no checkpoint "
+                      f"({', '.join(p.name for p in leftovers)}); this run makes its own", DataWarning, stacklevel=2)
+    accelerator.wait_for_everyone()
+    return None
+
+
+def _check_resumed_arguments(checkpoint: Path, record: dict, arguments: dict, changeable: set[str]) -> None:
+    recorded = record["arguments"]
+    now = json.loads(json.dumps(arguments))  # as JSON has it: tuples are lists
+    changed = [name for name in now if name not in changeable and name in recorded and recorded[name] != now[name]]
+    if changed:
+        details = "; ".join(f"--{name}: checkpoint {recorded[name]!r}, now {now[name]!r}" for name in changed)
+        raise CheckpointError(
+            f"cannot resume from {checkpoint} with other settings ({details}): a resumed run goes on as it started "
+            "(training_args.json records what ran). Resume with the checkpoint's values, or start a new "
+            "--output_dir for the new ones"
+        )
+
+
+@torch.no_grad()
+def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> None:
+    """Set the model's weights to the mean of the checkpoints' (the paper averages the last 5, section 6.1)."""
+    model = extract_model_from_parallel(model)
+    total = None
+    for checkpoint in checkpoints:
+        safetensors.torch.load_model(model, checkpoint / "model.safetensors")  # resolves tied weights
+        state = model.state_dict()
+        if total is None:
+            total = {k: v.float().clone() for k, v in state.items() if v.is_floating_point()}
+        else:
+            for key in total:
+                total[key] += state[key].float()
+    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
+    model.load_state_dict({k: (v / len(checkpoints)).to(dtypes[k]) for k, v in total.items()}, strict=False)
+
+
+def save_final(model, tokenizer, output_dir: Path, arguments: dict, checkpoint: Path,
+               extra: dict | None = None) -> Path:
+    """The trained model as a Hub-ready `output_dir/final` with its `training_args.json`, and `extra` {file name: JSON
+    content} beside it in `output_dir`. A failure there (a full disk: OSError, or safetensors' error without a file
+    name) says where the trained weights are and how to write final/ again."""
+    try:
+        final = save_for_hub(model, output_dir / "final", tokenizer)
+        (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+        for name, content in (extra or {}).items():
+            (output_dir / name).write_text(json.dumps(content, indent=1) + "\n")
+    except Exception as error:
+        raise CheckpointError(
+            f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
+            f"trained weights are in {checkpoint}: free some space, then run the same command with --resume to write "
+            "final/"
+        ) from error
+    return final

@@ -5,14 +5,18 @@
    reloaded with AutoModelForSeq2SeqLM and trust_remote_code=True, and run in pipeline("translation");
 2. BERT: a WordPiece tokenizer and a small BERT pretrained with masked-LM on the embedded default English text (the
    docstrings of Python's standard library), saved as a Hub-ready folder, reloaded with AutoModelForMaskedLM and
-   trust_remote_code=True, and run in pipeline("fill-mask").
+   trust_remote_code=True, and run in pipeline("fill-mask"). It trains with the MLM script's budget recipe
+   (`pretrain_mlm.BUDGET_PRESET`: no dropout, pre-LN, one learning-rate cycle that ends with --bert_minutes) and
+   reports, on held-out documents, the masked-token top-1 accuracy beside that of always guessing the most frequent
+   token, and the perplexity.
+
+The job ends with the commands for the next steps: your own text and parallel corpus, fine-tuning, publishing.
 
     python scripts/main.py                                   # both, on the embedded default corpora
     python scripts/main.py --families bert                   # one of them
     python scripts/main.py --source_file train.de --target_file train.en --text_file my_text.txt   # your own data
 """
 
-import math
 import random
 import shutil
 import sys
@@ -38,6 +42,12 @@ from vanilla_transformer.modeling import (
     VanillaTransformerForConditionalGeneration,
 )
 from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.scripts.pretrain_mlm import (
+    BUDGET_PRESET,
+    masked_token_scores,
+    masked_token_sums,
+    most_frequent_token,
+)
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer, train_wordpiece_tokenizer
 from vanilla_transformer.training.batching import sized_batches
 from vanilla_transformer.training.loop import LoopArguments, TrainingTask, loop_optimizer, make_accelerator, train
@@ -78,17 +88,22 @@ class MainArguments:
     # BERT
     text_file: str | None = field(default=None, metadata={"help": "MLM text, one document per line (.gz ok); "
                                                                   "default: the standard library's docstrings"})
-    bert_vocab_size: int = field(default=4000, metadata={"help": "WordPiece vocabulary size"})
-    bert_hidden_size: int = 128
-    bert_layers: int = 2
-    bert_heads: int = 4
-    bert_intermediate_size: int = 512
-    block_size: int = field(default=64, metadata={"help": "tokens per MLM training block, [CLS] included"})
-    bert_batch_size: int = field(default=32, metadata={"help": "blocks per MLM step"})
-    bert_epochs: int = field(default=8, metadata={"help": "passes over the MLM blocks"})
-    bert_learning_rate: float = 1e-3
-    bert_warmup_steps: int = 100
-    bert_held_out: int = field(default=200, metadata={"help": "documents kept out of training: MLM perplexity"})
+    # The BERT defaults are the MLM script's budget recipe (pretrain_mlm.BUDGET_PRESET), not the main job's own.
+    bert_vocab_size: int = field(default=BUDGET_PRESET["vocab_size"], metadata={"help": "WordPiece vocabulary size"})
+    bert_hidden_size: int = BUDGET_PRESET["hidden_size"]
+    bert_layers: int = BUDGET_PRESET["num_hidden_layers"]
+    bert_heads: int = BUDGET_PRESET["num_attention_heads"]
+    bert_intermediate_size: int = BUDGET_PRESET["intermediate_size"]
+    block_size: int = field(default=BUDGET_PRESET["block_size"],
+                            metadata={"help": "tokens per MLM training block, [CLS] included"})
+    bert_batch_size: int = field(default=BUDGET_PRESET["batch_size"], metadata={"help": "blocks per MLM step"})
+    bert_minutes: float = field(default=BUDGET_PRESET["max_train_minutes"],
+                                metadata={"help": "MLM training time; the learning rate's one cycle ends with it"})
+    bert_max_steps: int | None = field(default=None, metadata={"help": "stop MLM training earlier, at this step"})
+    bert_learning_rate: float = BUDGET_PRESET["learning_rate"]
+    bert_warmup_steps: int = BUDGET_PRESET["warmup_steps"]
+    bert_held_out: int = field(default=200, metadata={"help": "documents kept out of training: MLM accuracy, "
+                                                             "perplexity"})
 
     def __post_init__(self):
         unknown = set(self.families) - set(FAMILIES)
@@ -98,20 +113,20 @@ class MainArguments:
             raise ValueError("pass both --source_file and --target_file (one sentence per line, aligned)")
 
 
-def fit(model, dataset: list, lengths: list[int], collate, args: MainArguments, family: str, epochs: int,
-        batch_size: int, learning_rate: float, warmup_steps: int, **task_options) -> float:
+def fit(model, dataset: list, lengths: list[int], collate, args: MainArguments, family: str, batch_size: int,
+        schedule: dict, **task_options) -> float:
     """Train `model` on `dataset` through the project's one loop (`vanilla_transformer.training.loop.train`, as every
-    training script): Adam with the paper's betas, linear warmup then inverse square root decay, gradient clipping,
+    training script): Adam with the paper's betas, linear warmup then the `schedule`'s decay, gradient clipping,
     a progress bar, batches of `batch_size` examples of similar length in an order drawn from (seed, epoch). Its
     checkpoint and log.jsonl go to output_dir/training/<family>, made afresh on each run of the main job. Returns the
-    seconds spent; the model is left in eval mode. `task_options`: TrainingTask's loss, count_tokens..."""
+    seconds spent; the model is left in eval mode. `schedule`: LoopArguments' learning_rate, warmup_steps, when to
+    stop, lr_schedule...; `task_options`: TrainingTask's loss, count_tokens..."""
     run_dir = Path(args.output_dir) / "training" / family
     shutil.rmtree(run_dir, ignore_errors=True)  # the main job starts over each time; its folders are its own
-    loop = LoopArguments(output_dir=str(run_dir), num_epochs=epochs, learning_rate=learning_rate,
-                         warmup_steps=warmup_steps, seed=args.seed,
+    loop = LoopArguments(output_dir=str(run_dir), seed=args.seed, **schedule,
                          save_steps=10**9, keep_checkpoints=1)  # one checkpoint, at the end
     accelerator = make_accelerator(loop)
-    optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
+    optimizer, scheduler = loop_optimizer(model, loop, loop.learning_rate)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
     task = TrainingTask(
         dataset=dataset,
@@ -160,7 +175,8 @@ def translation_job(args: MainArguments) -> Path:
     examples = [{"input_ids": ids, "labels": labels} for ids, labels in zip(encoded["input_ids"], encoded["labels"])]
     collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
     seconds = fit(model, examples, [len(e["input_ids"]) for e in examples], collate, args, "translation",
-                  args.epochs, args.batch_size, args.learning_rate, args.warmup_steps,
+                  args.batch_size, dict(num_epochs=args.epochs, learning_rate=args.learning_rate,
+                                        warmup_steps=args.warmup_steps),
                   loss=lambda model, batch, num_items: model(**batch, smoothing=args.label_smoothing,
                                                              num_items_in_batch=num_items).loss)
     print(f"[translation] trained in {seconds:.0f} s")
@@ -217,6 +233,9 @@ def bert_job(args: MainArguments) -> Path:
         max_position_embeddings=max(128, args.block_size),
         pad_token_id=tokenizer.pad_token_id,
         sparse_prediction=True,  # the MLM head on the masked positions only: same loss, less work
+        hidden_dropout_prob=BUDGET_PRESET["dropout"],
+        attention_probs_dropout_prob=BUDGET_PRESET["dropout"],
+        normalize_before=BUDGET_PRESET["pre_ln"],
     )
     model = VanillaBertForMaskedLM(config)
     print(f"[bert] tokenizer: {len(tokenizer)} WordPiece tokens; {len(train_blocks)} blocks of {args.block_size} "
@@ -224,11 +243,19 @@ def bert_job(args: MainArguments) -> Path:
 
     collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)  # 80% [MASK], 10% random, 10% kept
 
+    schedule = dict(max_train_minutes=args.bert_minutes, max_steps=args.bert_max_steps, lr_schedule="one_cycle",
+                    learning_rate=args.bert_learning_rate, warmup_steps=args.bert_warmup_steps,
+                    weight_decay=BUDGET_PRESET["weight_decay"])
     seconds = fit(model, train_blocks, [len(b["input_ids"]) for b in train_blocks], collate, args, "bert",
-                  args.bert_epochs, args.bert_batch_size, args.bert_learning_rate, args.bert_warmup_steps,
+                  args.bert_batch_size, schedule,
                   count_tokens=lambda batch: batch["attention_mask"].sum())  # the labels are a subset of the inputs
-    print(f"[bert] trained in {seconds:.0f} s; held-out perplexity (masked tokens, 15%): "
-          f"{held_out_perplexity(model, held_out_blocks, tokenizer, args.seed):.1f}")
+    frequent = most_frequent_token([b["input_ids"] for b in train_blocks],
+                                   [b["special_tokens_mask"] for b in train_blocks])
+    scores = held_out_scores(model, held_out_blocks, tokenizer, args.seed, frequent)
+    print(f"[bert] trained in {seconds:.0f} s. On the {len(held_out)} held-out documents ({scores['masked']} "
+          f"masked tokens, 15%): top-1 accuracy {scores['val_accuracy']:.1%}, against "
+          f"{scores['val_frequency_baseline']:.1%} for always guessing the most frequent token "
+          f"({tokenizer.convert_ids_to_tokens(frequent)!r}); perplexity {scores['val_perplexity']:.1f}")
     folder = save_for_hub(model, output_dir / "bert", tokenizer)
     print(f"[bert] saved a Hub-ready folder: {folder}")
 
@@ -241,18 +268,13 @@ def bert_job(args: MainArguments) -> Path:
     return folder
 
 
-@torch.no_grad()
-def held_out_perplexity(model, blocks: list[dict], tokenizer, seed: int) -> float:
-    """exp(mean cross-entropy per masked token) on held-out blocks, masked once with a fixed seed."""
+def held_out_scores(model, blocks: list[dict], tokenizer, seed: int, frequent_token: int) -> dict:
+    """On held-out blocks masked once with a fixed seed (15%): the MLM script's validation scores (loss, perplexity,
+    top-1 accuracy, the frequency baseline's accuracy: always `frequent_token`) and the number of masked tokens."""
     collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
-    total, count = 0.0, 0
-    for start in range(0, len(blocks), 64):
-        batch = collate(blocks[start : start + 64])
-        items = int((batch["labels"] != -100).sum())
-        if items:
-            total += model(**batch).loss.item() * items
-            count += items
-    return math.exp(total / max(count, 1))
+    batches = [collate(blocks[start : start + 64]) for start in range(0, len(blocks), 64)]
+    sums = masked_token_sums(model, batches, frequent_token)
+    return {**masked_token_scores(sums), "masked": int(sums[1])}
 
 
 def run(args: MainArguments) -> dict[str, Path]:
@@ -267,7 +289,24 @@ def run(args: MainArguments) -> dict[str, Path]:
         folders["bert"] = bert_job(args)
     print(f"\nthe main job took {(time.time() - start) / 60:.1f} minutes; Hub-ready folders: "
           + ", ".join(str(folder) for folder in folders.values()))
+    print(NEXT_STEPS.format(bert=folders.get("bert", Path(args.output_dir) / "bert")))
     return folders
+
+
+NEXT_STEPS = """
+What next (after `pip install .`; in a clone, `.venv/bin/python scripts/<name>.py` with _ for -, e.g.
+scripts/pretrain_mlm.py). Every command explains itself with --help; docs/main-job.md has more.
+  your own text, one document per line (the recipe above, for longer: the learning rate follows the budget)
+    vanilla-transformer-pretrain-mlm --preset budget --train_file my_text.txt --validation_file my_valid.txt \\
+      --output_dir outputs/my-bert --max_train_minutes 30
+  your own parallel corpus, {{split}}.{{lang}} files with one sentence per line
+    vanilla-transformer-train-translation --train_split data/train --validation_split data/val \\
+      --source_lang de --target_lang en --output_dir outputs/my-model --max_train_minutes 45 --average_last 5
+  fine-tuning this BERT (or yours) for classification, on TSV files (sentence, label)
+    vanilla-transformer-finetune-classification --model_name_or_path {bert} \\
+      --train_file train.tsv --validation_file dev.tsv --output_dir runs/my-classifier
+  publishing a model folder with a model card, to the Hugging Face Hub
+    vanilla-transformer-publish --model_dir outputs/my-bert/final --output_dir hub/my-bert --push_to_hub user/my-bert"""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,8 +9,10 @@ with [SEP], concatenated and cut into blocks of --block_size tokens that each op
 Masking: transformers' `DataCollatorForLanguageModeling` (--mlm_probability of the tokens; 80% [MASK], 10% random,
 10% unchanged), or whole words with --whole_word_mask. The MLM head runs on the masked positions only
 (--sparse_prediction, on by default). Validation: loss per masked token and perplexity (its exp), with the
-validation masks drawn once from --seed, so that every evaluation scores the same positions.
-The end: output_dir/final, a Hub-ready folder (weights, config with auto_map, code, tokenizer).
+validation masks drawn once from --seed, so that every evaluation scores the same positions; beside it the top-1
+accuracy at the masked positions, and that of the frequency baseline (always the training text's most frequent
+token), so that what the model learned beyond word frequencies shows. The end: output_dir/final, a Hub-ready folder
+(weights, config with auto_map, code, tokenizer).
 
 A demo of 1.5 minutes on 2 CPU cores (WikiText-2 valid as training text, test as validation; a 2 x 128 model,
 one minute of training: 30 to 75 steps, depending on the machine's load; the final evaluation takes ~20 s):
@@ -19,6 +21,13 @@ one minute of training: 30 to 75 steps, depending on the machine's load; the fin
         --validation_file ../shared/data/wikitext2/test.txt --output_dir outputs/mlm-demo \
         --hidden_size 128 --num_hidden_layers 2 --num_attention_heads 2 --intermediate_size 512 \
         --max_train_minutes 1 --warmup_steps 30 --learning_rate 1e-3 --logging_steps 10
+
+A run of a few minutes, Cramming's budget recipe (Geiping and Goldstein 2023) as measured on 2 CPU cores:
+--preset budget (see BUDGET_PRESET: no dropout, one learning-rate cycle that ends with --max_train_minutes, a
+smaller model, vocabulary and blocks; options given beside it win). The main job's BERT part uses the same preset:
+
+    python scripts/pretrain_mlm.py --preset budget --train_file my_text.txt --validation_file my_valid.txt \
+        --output_dir outputs/my-bert --max_train_minutes 5
 
 A longer run: the default size (BERT-Mini, 4 layers x 256), 70 epochs of the 2,077 blocks (4,550 steps of 32 x 128
 tokens), evaluated every 200 steps; about 85 minutes on 2 CPU cores (measured: test perplexity 170 after 30 epochs,
@@ -54,10 +63,12 @@ import hashlib
 import json
 import math
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import torch
 from accelerate.utils import set_seed
 from transformers import (
     AutoConfig,
@@ -84,7 +95,6 @@ from vanilla_transformer.training.loop import (
     TrainingTask,
     loop_optimizer,
     make_accelerator,
-    mean_loss,
     paper_learning_rate,
     peak_learning_rate,
     train,
@@ -95,10 +105,27 @@ from vanilla_transformer.training.translation_data import READER_VERSION, load_d
 
 # A new model's size when none is given: BERT-Mini (Turc et al. 2019), small enough for a CPU.
 DEFAULT_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
+# --preset budget: pretraining for a few minutes on a CPU, after Cramming (Geiping and Goldstein 2023) and what
+# measurement on 2 CPU cores showed (docs/mlm.md#a-few-minutes-on-a-cpu-the-budget-preset): no dropout (a few passes
+# do not overfit; dropout only slows learning), pre-LN, one learning-rate cycle that ends with the time budget
+# (--max_train_minutes: a slower machine takes fewer steps and still anneals to 0), sparse prediction, a small model
+# and vocabulary, and short blocks: 16-token blocks left the masked-LM plateau (always ".", "the") within the budget
+# where 64-token blocks did not. Options given on the command line win over the preset.
+BUDGET_PRESET = {
+    "vocab_size": 4000, "block_size": 16, "batch_size": 128, "hidden_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "intermediate_size": 512, "dropout": 0.0, "pre_ln": True,
+    "lr_schedule": "one_cycle", "learning_rate": 3e-3, "warmup_steps": 200, "weight_decay": 0.01,
+    "max_train_minutes": 5.0,
+}
+PRESETS = {"budget": BUDGET_PRESET}
 
 
 @dataclass
 class PretrainArguments:
+    preset: str | None = field(
+        default=None, metadata={"help": "budget: the recipe for a few minutes on a CPU (BUDGET_PRESET in this "
+                                        "script); options given beside it win"}
+    )
     train_file: str | None = field(default=None, metadata={"help": "training text, one document per line (.gz ok)"})
     validation_file: str | None = field(default=None, metadata={"help": "validation text, likewise: loss, perplexity"})
     dataset_name: str | None = field(default=None, metadata={"help": "a datasets Hub id (instead of local files)"})
@@ -118,6 +145,11 @@ class PretrainArguments:
     num_hidden_layers: int | None = field(default=None, metadata={"help": "new model only (default 4)"})
     num_attention_heads: int | None = field(default=None, metadata={"help": "new model only (default 4)"})
     intermediate_size: int | None = field(default=None, metadata={"help": "new model only (default 1024)"})
+    dropout: float | None = field(
+        default=None, metadata={"help": "new model only: dropout on embeddings, sublayers and attention (default "
+                                        "BERT's 0.1)"}
+    )
+    pre_ln: bool = field(default=False, metadata={"help": "new model only: pre-LN layers (default BERT's post-LN)"})
     block_size: int = field(default=128, metadata={"help": "tokens per training sequence, [CLS] included"})
     batch_size: int = field(default=32, metadata={"help": "blocks per micro-batch and process"})
     eval_batch_size: int = field(default=64, metadata={"help": "blocks per validation batch"})
@@ -135,7 +167,10 @@ class PretrainArguments:
             raise ArgumentError("give --train_file and --validation_file, or --dataset_name")
         if self.dataset_name is not None and (self.train_file or self.validation_file):
             raise ArgumentError("give either --dataset_name or --train_file/--validation_file, not both")
+        if self.preset is not None and self.preset not in PRESETS:
+            raise ArgumentError(f"--preset {self.preset}: choose from {', '.join(PRESETS)}")
         given = [name for name in DEFAULT_SIZE if getattr(self, name) is not None]
+        given += ["dropout"] * (self.dropout is not None) + ["pre_ln"] * self.pre_ln
         if self.model_name_or_path and given:
             raise ArgumentError(f"--{', --'.join(given)}: the size of {self.model_name_or_path} is fixed by its config")
         if self.block_size < 2:
@@ -143,15 +178,21 @@ class PretrainArguments:
         for name in ("batch_size", "eval_batch_size", *(name for name in DEFAULT_SIZE if getattr(self, name))):
             if getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.dropout is not None and not 0 <= self.dropout < 1:
+            raise ArgumentError(f"--dropout {self.dropout}: a probability, at least 0 and below 1")
         if self.vocab_size <= 5:
             raise ArgumentError(f"--vocab_size {self.vocab_size}: the WordPiece has 5 special tokens; give more")
         if not 0 < self.mlm_probability <= 1:
             raise ArgumentError(f"--mlm_probability {self.mlm_probability}: the fraction of tokens to predict must be "
                                 "above 0 (0 trains and scores nothing) and at most 1")
 
-    def model_size(self) -> dict[str, int]:
-        return {name: default if getattr(self, name) is None else getattr(self, name)
+    def model_size(self) -> dict:
+        """A new model's config arguments: its size, dropout and layer norm placement."""
+        size = {name: default if getattr(self, name) is None else getattr(self, name)
                 for name, default in DEFAULT_SIZE.items()}
+        dropout = {} if self.dropout is None else {"hidden_dropout_prob": self.dropout,
+                                                   "attention_probs_dropout_prob": self.dropout}
+        return {**size, **dropout, "normalize_before": self.pre_ln}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -254,6 +295,39 @@ def masked_validation_batches(blocks: datasets.Dataset, tokenizer, args: Pretrai
     batches = token_batches(blocks["length"], args.eval_batch_size * args.block_size, seed=0, epoch=0,
                             shuffle=False)
     return [collate([features[i] for i in indices]) for indices in batches]
+
+
+def most_frequent_token(input_ids: list[list[int]], special_tokens_mask: list[list[int]]) -> int:
+    """The most frequent token of the training blocks, special tokens left out: the frequency baseline's answer at
+    every masked position."""
+    counts = Counter()
+    for ids, special in zip(input_ids, special_tokens_mask):
+        counts.update(token for token, is_special in zip(ids, special) if not is_special)
+    return counts.most_common(1)[0][0]
+
+
+@torch.no_grad()
+def masked_token_sums(model, batches, frequent_token: int) -> torch.Tensor:
+    """Over the masked positions (labels != -100) of `batches`: [summed loss, positions, top-1 correct, correct by
+    the frequency baseline (always `frequent_token`)]; add them up over processes, then divide by the positions.
+    `model`: the bare model, in eval mode."""
+    sums = torch.zeros(4, dtype=torch.float64)
+    for batch in batches:
+        batch = {key: value.to(model.device) for key, value in batch.items()}
+        outputs = model(**batch, num_items_in_batch=1)  # num_items_in_batch=1: the summed loss
+        masked = batch["labels"] != -100
+        labels = batch["labels"][masked]
+        logits = outputs.logits if outputs.logits.dim() == 2 else outputs.logits[masked]  # sparse: masked rows only
+        sums += torch.tensor([outputs.loss.item(), labels.numel(), (logits.argmax(-1) == labels).sum().item(),
+                              (labels == frequent_token).sum().item()], dtype=torch.float64)
+    return sums
+
+
+def masked_token_scores(sums: torch.Tensor) -> dict:
+    """`masked_token_sums` (added up) -> loss per masked token, perplexity, top-1 accuracy and the baseline's."""
+    loss, positions, correct, baseline = sums.tolist()
+    return {"val_loss": round(loss / positions, 4), "val_perplexity": round(math.exp(loss / positions), 2),
+            "val_accuracy": round(correct / positions, 4), "val_frequency_baseline": round(baseline / positions, 4)}
 
 
 # ---------------------------------------------------------------------------------------------- model, tokenizer
@@ -373,6 +447,8 @@ def run(args: PretrainArguments, loop: LoopArguments):
                         f"to score ({sum(blocks['validation']['length']):,} tokens, --mlm_probability "
                         f"{args.mlm_probability}): give more validation text")
     lengths = list(blocks["train"]["length"])
+    counted = blocks["train"][:10_000]  # enough to find the most frequent token of a large corpus
+    frequent_token = most_frequent_token(counted["input_ids"], counted["special_tokens_mask"])
 
     model = get_model(args, tokenizer)
     learning_rate = peak_learning_rate(loop, paper_learning_rate(model.config.hidden_size, loop.warmup_steps))
@@ -392,9 +468,10 @@ def run(args: PretrainArguments, loop: LoopArguments):
                                                           if isinstance(v, (int, float, str, bool))})
 
     def evaluate(model_in_eval_mode) -> dict:
+        # The bare model: a DDP forward is a collective, and the processes' shares may differ.
         mine = validation_batches[accelerator.process_index :: accelerator.num_processes]
-        loss = mean_loss(accelerator, model_in_eval_mode, mine)
-        return {"val_loss": round(loss, 4), "val_perplexity": round(math.exp(loss), 2)}
+        sums = masked_token_sums(accelerator.unwrap_model(model_in_eval_mode), mine, frequent_token)
+        return masked_token_scores(accelerator.reduce(sums.to(accelerator.device), "sum").cpu())
 
     task = TrainingTask(
         dataset=blocks["train"].select_columns(collator_columns(args)),
@@ -415,9 +492,11 @@ def run(args: PretrainArguments, loop: LoopArguments):
     if accelerator.is_main_process:
         final = save_final(accelerator.unwrap_model(model), tokenizer, output_dir, arguments, outcome.checkpoint)
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
-        accelerator.print(f"validation ({args.validation_file or args.dataset_name}): loss "
-                          f"{outcome.metrics['val_loss']:.4f} per masked token, perplexity "
-                          f"{outcome.metrics['val_perplexity']:.2f}; saved {final}, curves in "
+        metrics = outcome.metrics
+        accelerator.print(f"validation ({args.validation_file or args.dataset_name}): loss {metrics['val_loss']:.4f} "
+                          f"per masked token, perplexity {metrics['val_perplexity']:.2f}, top-1 accuracy "
+                          f"{metrics['val_accuracy']:.1%} (always {tokenizer.convert_ids_to_tokens(frequent_token)!r}: "
+                          f"{metrics['val_frequency_baseline']:.1%}); saved {final}, curves in "
                           f"{output_dir / 'training_curves.png'}")
     accelerator.wait_for_everyone()
     accelerator.end_training()
@@ -425,8 +504,14 @@ def run(args: PretrainArguments, loop: LoopArguments):
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopArguments]:
+    """The arguments; --preset changes the defaults, so that an option given beside it wins."""
     parser = HfArgumentParser((PretrainArguments, LoopArguments), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("--preset")
+    preset = first.parse_known_args(argv)[0].preset
+    if preset in PRESETS:  # an unknown name is refused by PretrainArguments
+        parser.set_defaults(**PRESETS[preset])
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -37,6 +37,7 @@ from vanilla_transformer.training.errors import errors_without_traceback
 
 # The model card template: model_card.md at the top of the clone; scripts/model_card.md links to it, so that it is
 # installed beside this file (package data of vanilla_transformer.scripts).
+CTRANSLATE2_FOLDER = "ctranslate2"  # the exported model's subfolder of the Hub folder
 TEMPLATE = Path(__file__).parent / "model_card.md"
 
 # What each head is for on the Hub: (Auto class, pipeline tag, usage line for the card)
@@ -64,6 +65,9 @@ class PublishArguments:
         "Trained from scratch on a small corpus: expect errors on text unlike the training data, and no knowledge "
         "beyond it. Not evaluated for bias or safety; do not use for decisions about people."
     )
+    ctranslate2: str | None = field(default=None, metadata={
+        "help": "also export the model to CTranslate2 in the subfolder ctranslate2/, with this weight type "
+        "(float32, int8, int8_float32, float16, ...; needs the serve extra); the card shows how to use it"})
     push_to_hub: str | None = field(default=None, metadata={"help": "upload to this Hub repo id (user/name)"})
     private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)"})
@@ -154,7 +158,23 @@ def render_card(model, args: PublishArguments, metrics: dict[str, float], repo_i
         metrics=metrics,
         intended_use=args.intended_use,
         limitations=args.limitations,
+        ctranslate2=ctranslate2_usage(model, args) if args.ctranslate2 else None,
     )
+
+
+def ctranslate2_usage(model, args: PublishArguments) -> dict:
+    """What the card's CTranslate2 section shows: the subfolder, its weight type, and the saved decoding settings."""
+    generation = getattr(model, "generation_config", None)
+    return {
+        "folder": CTRANSLATE2_FOLDER,
+        "quantization": args.ctranslate2,
+        "translator": model.config.is_encoder_decoder,
+        "num_beams": (generation.num_beams if generation else None) or 1,
+        "length_penalty": 1.0 if generation is None or generation.length_penalty is None else generation.length_penalty,
+        # longer outputs have no position vectors (CTranslate2 raises)
+        "max_new_tokens": min((generation.max_new_tokens if generation else None) or 128,
+                              model.config.max_position_embeddings),
+    }
 
 
 def _model_index(args: PublishArguments, metrics: dict[str, float], pipeline_tag: str) -> dict:
@@ -207,6 +227,10 @@ def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     check_tokenizer_fits(tokenizer, model.config, args.model_dir)
     save_for_hub(model, output_dir, tokenizer)
+    if args.ctranslate2:  # from the folder just written: its tokenizer and generation config travel along
+        from vanilla_transformer.modeling.convert_ctranslate2 import export_ctranslate2
+
+        export_ctranslate2(output_dir, output_dir / CTRANSLATE2_FOLDER, args.ctranslate2, force=True)
     repo_id = args.push_to_hub or f"<user>/{args.model_name}"
     render_card(model, args, metrics, repo_id).save(output_dir / "README.md")
     print(f"Hub-ready folder: {output_dir}")

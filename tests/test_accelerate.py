@@ -23,6 +23,7 @@ from vanilla_transformer.training.loop import (
     make_optimizer,
     make_schedule,
     paper_learning_rate,
+    run_fraction,
 )
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -174,3 +175,31 @@ def test_fine_tuning_schedule_decays_linearly_to_zero_and_biases_and_norms_are_n
     assert learning_rate_factor(3, warmup_steps=0, total_steps=4) == pytest.approx(0.5)  # no warmup
     with pytest.raises(ValueError, match="inverse square root decay needs at least 1"):
         learning_rate_factor(1, warmup_steps=0)
+
+
+def test_one_cycle_schedule_falls_to_zero_at_the_first_limit_of_the_run():
+    """--lr_schedule one_cycle: the lower of the warmup line and a line from the peak down to 0 at the end of the run,
+    which is the first of --max_steps, --num_epochs and --max_train_minutes to be reached (`run_fraction`)."""
+    args = LoopArguments(output_dir="unused", max_steps=10, num_epochs=4, max_train_minutes=1.0, warmup_steps=2,
+                         lr_schedule="one_cycle")
+    assert run_fraction(args, steps=5, epochs=1.0, seconds=6.0) == 0.5  # the steps come first
+    assert run_fraction(args, steps=1, epochs=3.0, seconds=6.0) == 0.75  # the epochs
+    assert run_fraction(args, steps=1, epochs=0.5, seconds=45.0) == 0.75  # the clock
+    assert run_fraction(args, steps=11, epochs=0.5, seconds=0.0) == 1.0
+    optimizer, scheduler = loop_optimizer(torch.nn.Linear(2, 2), args, 1e-3)
+    used = []
+    for step in range(1, 11):
+        scheduler.run_fraction = step / 10  # what train() sets before each step: the run done after it
+        used.append(scheduler.get_last_lr()[0])
+        optimizer.step()
+        scheduler.step()
+    # step 1: the warmup line (1/2); step 2: the decay line (1 - 1/10) is lower than the warmup's 2/2
+    assert used == pytest.approx([1e-3 * f for f in (0.5, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2, 0.1)])
+    assert scheduler.get_last_lr()[0] == 0.0
+    assert scheduler.state_dict()["run_fraction"] == 1.0  # checkpointed: a resumed run goes on from there
+    assert learning_rate_factor(3, warmup_steps=2, run_fraction=0.25) == 0.75
+    # the default is still the paper's: no run fraction
+    default = LoopArguments(output_dir="unused", max_steps=1)
+    assert loop_optimizer(torch.nn.Linear(2, 2), default, 1e-3)[1].run_fraction is None
+    with pytest.raises(ValueError, match="--lr_schedule cosine: choose from inverse_sqrt, one_cycle"):
+        LoopArguments(output_dir="unused", max_steps=1, lr_schedule="cosine")

@@ -328,3 +328,27 @@ def test_export_command(tiny_transformer_config, bpe, tmp_path):
     failed = subprocess.run([*script, "--model_dir", str(tmp_path / "model"), "--output_dir", str(tmp_path / "ct2")],
                             capture_output=True, text=True)
     assert failed.returncode != 0 and "already exists" in failed.stderr  # --force to replace it
+
+
+@pytest.mark.parametrize("family", ["translation", "bert"])
+def test_publish_adds_the_export_and_shows_it_in_the_card(family, tiny_transformer_config, tiny_bert_config, bpe,
+                                                          wordpiece, tmp_path, run_without_package):
+    from vanilla_transformer.scripts.publish import PublishArguments, publish
+
+    if family == "translation":
+        model, tokenizer = build(tiny_transformer_config, bpe, noise=0.2), bpe
+    else:
+        model, tokenizer = VanillaBertModel(tiny_bert_config(vocab_size=len(wordpiece))), wordpiece
+    save_for_hub(model, tmp_path / "trained", tokenizer)
+    hub = publish(PublishArguments(model_dir=str(tmp_path / "trained"), output_dir=str(tmp_path / "hub"),
+                                   ctranslate2="int8"))
+    assert (hub / "ctranslate2" / "model.bin").is_file() and (hub / "ctranslate2" / "tokenizer.json").is_file()
+    card = (hub / "README.md").read_text()
+    assert "## Serving with CTranslate2" in card
+    snippet = card.split("```python")[-1].split("```")[0]  # the card's last code block: the CTranslate2 recipe
+    assert ("ctranslate2.Translator" if family == "translation" else "ctranslate2.Encoder") in snippet
+    # run it as a reader would, with the Hub download replaced by the local folder
+    snippet = snippet.replace("from huggingface_hub import snapshot_download\n", "")
+    local = f"snapshot_download = lambda repo, allow_patterns: {str(hub)!r}\n"
+    run_without_package(local + snippet.replace("print(", "import json; _ = (") + "\nprint(json.dumps(True))",
+                        cwd=str(tmp_path))

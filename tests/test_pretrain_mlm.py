@@ -16,7 +16,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from vanilla_transformer.modeling import VanillaBertForMaskedLM
+from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.scripts import finetune_classification, pretrain_mlm
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
 from vanilla_transformer.training.loop import mean_loss
@@ -118,7 +118,9 @@ def test_a_few_dozen_steps_lower_the_validation_perplexity_and_leave_a_hub_folde
         assert record["val_perplexity"] == pytest.approx(math.exp(record["val_loss"]), rel=1e-3)
     first, last = evaluations[0], evaluations[-1]
     assert last["val_loss"] < first["val_loss"] - 0.1 and last["val_perplexity"] < 50  # 100 for a uniform guess
-    assert outcome.metrics == {"val_loss": last["val_loss"], "val_perplexity": last["val_perplexity"]}
+    assert outcome.metrics == {key: last[key] for key in ("val_loss", "val_perplexity", "val_accuracy",
+                                                          "val_frequency_baseline")}
+    assert 0 < last["val_frequency_baseline"] <= last["val_accuracy"] < 1  # 40 steps: still on the plateau
     assert (output_dir / "training_curves.png").stat().st_size > 10_000
 
     final = output_dir / "final"
@@ -226,3 +228,71 @@ def test_arguments_are_checked_and_help_explains(tmp_path, capsys):
     for expected in ("--block_size", "--whole_word_mask", "--no_sparse_prediction", "--resume", "perplexity",
                      "--from_scratch", "wikitext2/test.txt"):
         assert expected in text
+
+
+def test_masked_token_scores_count_the_masked_positions_and_the_frequency_baseline():
+    """Top-1 accuracy over the masked positions only (labels != -100), the sparse head's rows matched to them in
+    order; the frequency baseline always answers the training text's most frequent token, special tokens left out."""
+    assert pretrain_mlm.most_frequent_token([[2, 7, 9, 9, 3], [2, 7, 3]], [[1, 0, 0, 0, 1], [1, 0, 1]]) in (7, 9)
+    assert pretrain_mlm.most_frequent_token([[2, 9, 9, 3], [2, 7, 3]], [[1, 0, 0, 1], [1, 0, 1]]) == 9  # not [CLS] 2
+    torch.manual_seed(0)
+    config = VanillaBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                               intermediate_size=32, max_position_embeddings=32, sparse_prediction=True)
+    model = VanillaBertForMaskedLM(config).eval()
+    input_ids = torch.randint(5, 50, (3, 12))
+    labels = torch.full_like(input_ids, -100)
+    labels[0, 2], labels[1, 5], labels[1, 9], labels[2, 0] = 7, 9, 7, 11
+    batch = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "labels": labels}
+    with torch.no_grad():
+        dense = VanillaBertForMaskedLM(config).eval()
+        dense.load_state_dict(model.state_dict())
+        dense.config.sparse_prediction = False
+        full = dense(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits  # (B, T, V)
+    predicted = full[labels != -100].argmax(-1)
+    scores = pretrain_mlm.masked_token_scores(pretrain_mlm.masked_token_sums(model, [batch], frequent_token=7))
+    assert scores["val_accuracy"] == pytest.approx((predicted == labels[labels != -100]).float().mean().item())
+    assert scores["val_frequency_baseline"] == 0.5  # 7 is the answer at 2 of the 4 positions
+    loss = torch.nn.functional.cross_entropy(full[labels != -100], labels[labels != -100]).item()
+    assert scores["val_loss"] == pytest.approx(loss, abs=1e-4)
+    assert scores["val_perplexity"] == pytest.approx(math.exp(loss), rel=1e-3)
+
+
+def test_one_cycle_schedule_ends_with_the_run_by_steps_or_by_the_clock(tmp_path, mlm_args, run_mlm, tiny_model_args,
+                                                                       write_mlm_corpus):
+    """--lr_schedule one_cycle in the training loop: the rate of step k is the lower of the warmup line and the line
+    from the peak to 0 at the run's end (here --max_steps 8); with a time budget alone it follows the clock."""
+    corpus = write_mlm_corpus(tmp_path / "data")
+    common = [*tiny_model_args(), "--lr_schedule", "one_cycle", "--learning_rate", "1e-3", "--warmup_steps", "2",
+              "--logging_steps", "1"]
+    outcome = run_mlm(mlm_args(corpus, tmp_path / "steps", *common, "--max_steps", "8"))
+    rates = [r["lr"] for r in map(json.loads, (tmp_path / "steps" / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert rates == pytest.approx([1e-3 * min(k / 2, 1, 1 - (k - 1) / 8) for k in range(1, 9)])
+    assert outcome.stop_reason == "--max_steps 8"
+
+    outcome = run_mlm(mlm_args(corpus, tmp_path / "clock", *common, "--max_train_minutes", "0.05"))
+    rates = [r["lr"] for r in map(json.loads, (tmp_path / "clock" / "log.jsonl").read_text().splitlines()) if "lr" in r]
+    assert outcome.stop_reason == "--max_train_minutes 0.05"
+    after_warmup = rates[1:]
+    assert after_warmup == sorted(after_warmup, reverse=True) and rates[-1] < rates[1] <= 1e-3
+
+
+def test_budget_preset_sets_the_recipe_and_options_given_win(tmp_path):
+    files = ["--train_file", "t.txt", "--validation_file", "v.txt", "--output_dir", str(tmp_path)]
+    args, loop = pretrain_mlm.parse_args([*files, "--preset", "budget"])
+    recipe = pretrain_mlm.BUDGET_PRESET
+    assert (args.vocab_size, args.block_size, args.batch_size, args.dropout, args.pre_ln) == (
+        recipe["vocab_size"], recipe["block_size"], recipe["batch_size"], 0.0, True)
+    assert (loop.lr_schedule, loop.learning_rate, loop.max_train_minutes) == (
+        "one_cycle", recipe["learning_rate"], recipe["max_train_minutes"])
+    config = pretrain_mlm.model_config(args)
+    assert (config.hidden_size, config.num_hidden_layers, config.hidden_dropout_prob,
+            config.attention_probs_dropout_prob, config.normalize_before) == (
+        recipe["hidden_size"], recipe["num_hidden_layers"], 0.0, 0.0, True)
+    args, loop = pretrain_mlm.parse_args([*files, "--preset", "budget", "--learning_rate", "1e-3",
+                                          "--block_size", "128"])
+    assert (loop.learning_rate, args.block_size, loop.lr_schedule) == (1e-3, 128, "one_cycle")
+    args, loop = pretrain_mlm.parse_args([*files, "--max_steps", "1"])  # without it: BERT's defaults
+    assert (args.dropout, args.pre_ln, loop.lr_schedule) == (None, False, "inverse_sqrt")
+    assert pretrain_mlm.model_config(args).hidden_dropout_prob == 0.1
+    with pytest.raises(ValueError, match="--preset huge: choose from budget"):
+        pretrain_mlm.parse_args([*files, "--preset", "huge", "--max_steps", "1"])

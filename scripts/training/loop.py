@@ -11,7 +11,10 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
   examples whatever the number of processes: 2 processes x 1 micro-batch = 1 process x 2 accumulated micro-batches.
 - Optimizer and schedule: `make_optimizer` (Adam, the paper's betas and epsilon by default) and `make_schedule`
   (`learning_rate_factor`: linear warmup, then the paper's inverse square root decay, or a linear decay to 0 for a
-  run of known length); `loop_optimizer` builds both from a run's `LoopArguments`.
+  run of known length); `loop_optimizer` builds both from a run's `LoopArguments`. `--lr_schedule one_cycle` decays
+  linearly to 0 at the end of the run, whichever of --max_steps, --num_epochs and --max_train_minutes ends it
+  (`run_fraction`): with a time budget the schedule follows the clock, as Cramming's does (Geiping and Goldstein
+  2023), so that a slower machine takes fewer steps and still ends at learning rate 0.
 - Loss: the task returns a token-level sum divided by the number of target items of the whole global step
   (summed over processes and micro-batches); times num_processes, since DDP averages gradients. Each step's
   gradient is then the mean over every item of the global batch, however it is split.
@@ -76,6 +79,9 @@ from vanilla_transformer.training.precision import check_mixed_precision
 logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
 
 
+LR_SCHEDULES = ("inverse_sqrt", "one_cycle")
+
+
 @dataclass
 class LoopArguments:
     output_dir: str = field(metadata={"help": "checkpoints/, log.jsonl, training_curves.png and the final model"})
@@ -90,7 +96,13 @@ class LoopArguments:
     learning_rate: float | None = field(
         default=None, metadata={"help": "peak learning rate, reached after warmup (default: the script's rule)"}
     )
-    warmup_steps: int = field(default=4000, metadata={"help": "linear warmup, then inverse square root decay"})
+    warmup_steps: int = field(default=4000, metadata={"help": "linear warmup over this many steps, then --lr_schedule"})
+    lr_schedule: str = field(
+        default="inverse_sqrt", metadata={"help": "after the warmup: inverse_sqrt (the paper's decay, the same for any "
+                                                  "run length) or one_cycle (a linear decay to 0 at the end of the "
+                                                  "run: the first of --max_steps, --num_epochs, --max_train_minutes "
+                                                  "to come; a time budget makes it follow the clock)"}
+    )
     adam_beta1: float = 0.9
     adam_beta2: float = field(default=0.98, metadata={"help": "0.98 as in the paper (section 5.3)"})
     adam_epsilon: float = field(default=1e-9, metadata={"help": "1e-9 as in the paper"})
@@ -132,6 +144,8 @@ class LoopArguments:
                      "average_last", "max_steps", "num_epochs", "max_steps_this_run", "eval_steps"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise ArgumentError(f"--lr_schedule {self.lr_schedule}: choose from {', '.join(LR_SCHEDULES)}")
         check_positive(max_train_minutes=self.max_train_minutes, learning_rate=self.learning_rate,
                        adam_epsilon=self.adam_epsilon, max_grad_norm=self.max_grad_norm)
         check_fraction(adam_beta1=self.adam_beta1, adam_beta2=self.adam_beta2)
@@ -173,11 +187,16 @@ def make_accelerator(args: LoopArguments) -> Accelerator:
 # --------------------------------------------------------------------------------- optimizer and schedule
 
 
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int | None = None) -> float:
+def learning_rate_factor(step: int, warmup_steps: int, total_steps: int | None = None,
+                         run_fraction: float | None = None) -> float:
     """The learning rate of optimizer step `step` (counted from 1) as a fraction of its peak: a linear warmup to the
     peak at `warmup_steps`, then the paper's inverse square root decay, sqrt(warmup_steps / step) (section 5.3); or,
-    given the run's `total_steps`, a linear decay to 0 after the last step (BERT's fine-tuning schedule)."""
+    given the run's `total_steps`, a linear decay to 0 after the last step (BERT's fine-tuning schedule); or, given
+    `run_fraction` (how much of the run is done, 0 to 1, see `run_fraction`), one cycle: the lower of the warmup
+    line and a line from the peak at the start of the run down to 0 at its end."""
     warmup = step / warmup_steps if warmup_steps else 1.0
+    if run_fraction is not None:
+        return max(0.0, min(warmup, 1.0, 1.0 - run_fraction))
     if total_steps is None:
         if warmup_steps < 1:
             raise ArgumentError(f"--warmup_steps {warmup_steps}: the inverse square root decay needs at least 1")
@@ -201,17 +220,44 @@ def make_optimizer(model: torch.nn.Module, learning_rate: float, betas: tuple[fl
     return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas, eps=eps)
 
 
-def make_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None) -> LambdaLR:
-    """`learning_rate_factor` as a scheduler, stepped once per optimizer step."""
-    # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0).
-    return LambdaLR(optimizer, lambda index: learning_rate_factor(index + 1, warmup_steps, total_steps))
+def run_fraction(args: LoopArguments, steps: int, epochs: float, seconds: float) -> float:
+    """How much of the run is done, 0 to 1, after `steps` optimizer steps, `epochs` passes over the data and `seconds`
+    of training: the largest of steps / --max_steps, epochs / --num_epochs and seconds / --max_train_minutes, since
+    the run stops when the first of them reaches 1."""
+    done = [0.0]
+    if args.max_steps is not None:
+        done.append(steps / args.max_steps)
+    if args.num_epochs is not None:
+        done.append(epochs / args.num_epochs)
+    if args.max_train_minutes is not None:
+        done.append(seconds / (60 * args.max_train_minutes))
+    return min(1.0, max(done))
+
+
+class Schedule(LambdaLR):
+    """`learning_rate_factor` as a scheduler, stepped once per optimizer step. With `one_cycle`, the factor reads
+    `run_fraction`: how much of the run will be done after the current step, set by `train()` before each step. The
+    state_dict holds it, so that a resumed run goes on from where it stopped."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None,
+                 one_cycle: bool = False):
+        self.run_fraction = 0.0 if one_cycle else None
+        # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0).
+        super().__init__(optimizer, lambda index: learning_rate_factor(index + 1, warmup_steps, total_steps,
+                                                                      self.run_fraction))
+
+
+def make_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None,
+                  one_cycle: bool = False) -> Schedule:
+    """`learning_rate_factor` as a scheduler, stepped once per optimizer step (`one_cycle`: see `Schedule`)."""
+    return Schedule(optimizer, warmup_steps, total_steps, one_cycle)
 
 
 def loop_optimizer(model: torch.nn.Module, args: "LoopArguments", learning_rate: float):
     """The optimizer and schedule of a run of `train()`, from its arguments: (optimizer, scheduler)."""
     optimizer = make_optimizer(model, learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
                                weight_decay=args.weight_decay)
-    return optimizer, make_schedule(optimizer, args.warmup_steps)
+    return optimizer, make_schedule(optimizer, args.warmup_steps, one_cycle=args.lr_schedule == "one_cycle")
 
 
 # ------------------------------------------------------------------------------------------------ the task
@@ -349,6 +395,7 @@ def train(
         progress.train_seconds = seconds_before + time.monotonic() - run_start
         checkpoints.save(accelerator, model, optimizer, scheduler, progress)
 
+    schedule = getattr(scheduler, "scheduler", scheduler)  # the Schedule inside accelerate's wrapper
     model.train()
     with StopSignals() as signals:
         stop_reason = _stop_reason(accelerator, args, progress, steps_this_run, signals)
@@ -367,6 +414,10 @@ def train(
             for _ in range(len(steps) - progress.step_in_epoch):
                 step_batches = [_to_device(next(micro_batches), accelerator.device)
                                 for _ in range(args.gradient_accumulation_steps)]
+                if getattr(schedule, "run_fraction", None) is not None:  # --lr_schedule one_cycle: after this step
+                    schedule.run_fraction = run_fraction(
+                        args, progress.global_step + 1, progress.epoch + (progress.step_in_epoch + 1) / len(steps),
+                        _agreed_seconds(accelerator, progress.train_seconds))
                 _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_batches, window)
                 progress.global_step += 1
                 progress.step_in_epoch += 1
@@ -439,6 +490,13 @@ def _check_finite_loss(accelerator, window, progress, checkpoints, args) -> None
             + f"Lower --learning_rate{f' (now {args.learning_rate})' if args.learning_rate else ''}, keep "
             "--max_grad_norm, or check the data for broken examples"
         )
+
+
+def _agreed_seconds(accelerator, seconds: float) -> float:
+    """The training seconds of the slowest process: every process must take the same learning rate."""
+    if accelerator.num_processes == 1:
+        return seconds
+    return accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max().item()
 
 
 def _to_device(batch: dict, device) -> dict:

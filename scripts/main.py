@@ -271,7 +271,9 @@ def bert_job(args: MainArguments) -> Path:
 def held_out_scores(model, blocks: list[dict], tokenizer, seed: int, frequent_token: int) -> dict:
     """On held-out blocks masked once with a fixed seed (15%): the MLM script's validation scores (loss, perplexity,
     top-1 accuracy, the frequency baseline's accuracy: always `frequent_token`) and the number of masked tokens."""
-    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed)
+    # seed + 1: before transformers 5.24 the collator treats seed=0 as no seed (the global RNG), so the held-out
+    # positions would change between calls
+    collate = DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15, seed=seed + 1)
     batches = [collate(blocks[start : start + 64]) for start in range(0, len(blocks), 64)]
     sums = masked_token_sums(model, batches, frequent_token)
     return {**masked_token_scores(sums), "masked": int(sums[1])}

@@ -3,8 +3,6 @@ ours does (log-probabilities within 1e-4) and decodes the same ids, greedy and b
 outputs match ours within 1e-4; what CTranslate2 cannot express is refused with the field's name."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -310,24 +308,28 @@ def test_bert_unsupported_activation_names_the_field(tiny_bert_config, wordpiece
         export_ctranslate2(tmp_path / "model", tmp_path / "ct2")
 
 
-def test_export_command(tiny_transformer_config, bpe, tmp_path):
-    script = [sys.executable, "-m", "vanilla_transformer.scripts.export_ctranslate2"]
-    help_text = subprocess.run([*script, "--help"], capture_output=True, text=True, check=True).stdout
+def test_export_command(tiny_transformer_config, bpe, tmp_path, capsys):
+    """The command's main(), in this process (test_install.py runs every installed command's --help)."""
+    from vanilla_transformer.scripts.export_ctranslate2 import main
+
+    with pytest.raises(SystemExit) as shown:
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert shown.value.code == 0
     assert "--quantization" in help_text and "int8" in help_text and "--compare_split" in help_text
     model = build(tiny_transformer_config, bpe, noise=0.2)
     save_for_hub(model, tmp_path / "model", bpe)
     (tmp_path / "test.de").write_text("ein Hund läuft.\nzwei Männer spielen Fußball im Regen.\neine Frau\n")
     (tmp_path / "test.en").write_text("a dog runs.\ntwo men play football in the rain.\na woman\n")
-    subprocess.run([*script, "--model_dir", str(tmp_path / "model"), "--output_dir", str(tmp_path / "ct2"),
-                    "--compare_split", str(tmp_path / "test"), "--max_new_tokens", "6", "--batch_size", "2"],
-                   check=True, capture_output=True)
+    main(["--model_dir", str(tmp_path / "model"), "--output_dir", str(tmp_path / "ct2"),
+          "--compare_split", str(tmp_path / "test"), "--max_new_tokens", "6", "--batch_size", "2"])
     report = json.loads((tmp_path / "ct2" / "comparison.json").read_text())
     assert report["sentences"] == 3
     assert report["identical"]["greedy"] == 1.0 and report["identical"]["beam 4, ours with early_stopping=True"] == 1.0
     assert report["sacrebleu"]["ours greedy"] == report["sacrebleu"]["exported greedy"]
-    failed = subprocess.run([*script, "--model_dir", str(tmp_path / "model"), "--output_dir", str(tmp_path / "ct2")],
-                            capture_output=True, text=True)
-    assert failed.returncode != 0 and "already exists" in failed.stderr  # --force to replace it
+    with pytest.raises(SystemExit) as failed:
+        main(["--model_dir", str(tmp_path / "model"), "--output_dir", str(tmp_path / "ct2")])
+    assert "already exists" in str(failed.value.code)  # --force to replace it
 
 
 @pytest.mark.parametrize("family", ["translation", "bert"])

@@ -62,10 +62,14 @@ def read_lines(split: str, lang: str) -> list[str] | None:
 
 
 def our_ids(model, sources: list[list[int]], batch_size: int, **generation) -> list[list[int]]:
-    """Our generate over length-sorted batches: ids without the decoder start token and the padding after </s>."""
+    """Our generate over length-sorted batches: ids without the decoder start token, up to the first </s>.
+
+    Cut at </s>, not at the padding: transformers' beam search fills the rows that finished early with
+    `pad_token_id or eos_token_id` (generation/utils.py, 5.0 to 5.24), so with our pad id 0 the fill is </s>, not <pad>.
+    """
     import torch
 
-    pad, outputs = model.config.pad_token_id, [None] * len(sources)
+    pad, eos, outputs = model.config.pad_token_id, model.config.eos_token_id, [None] * len(sources)
     order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
@@ -77,9 +81,7 @@ def our_ids(model, sources: list[list[int]], batch_size: int, **generation) -> l
                                        **generation)
         for i, row in zip(chunk, generated.tolist()):
             row = row[1:]
-            while row and row[-1] == pad:
-                row.pop()
-            outputs[i] = row
+            outputs[i] = row[: row.index(eos) + 1] if eos in row else row
     return outputs
 
 

@@ -109,6 +109,22 @@ def test_seq2seq_variant_scores_and_decodes_as_ours(variant, tiny_transformer_co
         assert exported == expected, f"{variant}, beam {beams}"
 
 
+def test_the_comparison_cuts_batched_beam_outputs_at_their_first_end_of_sentence(ending_model):
+    """transformers' beam search fills the rows of a batch that finished early with `pad_token_id or eos_token_id`,
+    so </s> for our pad id 0: the compare command's `our_ids` cuts each row at its first </s>, and batched generate
+    then equals one sentence at a time and the export (stripping <pad> only left 12 of 32 Multi30k rows equal)."""
+    from vanilla_transformer.scripts.export_ctranslate2 import our_ids
+
+    model, translator = ending_model
+    srcs = sources(24, model.config.vocab_size, seed=4)
+    options = dict(num_beams=4, length_penalty=1.0, max_new_tokens=15, early_stopping=True)
+    batched = our_ids(model, srcs, len(srcs), **options)
+    assert batched == [ours(model, s, **options) for s in srcs]
+    assert batched == translator.generate_ids(srcs, num_beams=4, length_penalty=1.0, max_new_tokens=15)
+    lengths = {len(row) for row in batched}
+    assert len(lengths) > 2 and all(row.count(EOS) <= 1 for row in batched)  # rows ended at different steps
+
+
 def test_vocabulary_larger_than_the_tokenizer(tiny_transformer_config, bpe, tmp_path):
     """A model whose embedding table has rows no token maps to (vocab_size rounded up) exports with placeholders."""
     model = build(tiny_transformer_config, bpe, noise=0.2, vocab_size=len(bpe) + 5)

@@ -369,13 +369,17 @@ class CTranslate2Translator:
       its beam outputs can differ there (greedy outputs are the same).
     """
 
-    def __init__(self, model_dir, device: str = "cpu", compute_type: str = "default", intra_threads: int = 0):
+    def __init__(self, model_dir, device: str = "cpu", compute_type: str = "default", intra_threads: int = 0,
+                 inter_threads: int = 1):
         import ctranslate2
         from tokenizers import Tokenizer
 
         self.model_dir = Path(model_dir)
+        # intra_threads: threads per batch (0: CTranslate2's default, 4 or fewer); inter_threads: batches translated
+        # at once (the sub-batches of `batch_size` of one call run in parallel)
         self.translator = ctranslate2.Translator(
-            str(model_dir), device=device, compute_type=compute_type, intra_threads=intra_threads
+            str(model_dir), device=device, compute_type=compute_type, intra_threads=intra_threads,
+            inter_threads=inter_threads,
         )
         self.tokenizer = Tokenizer.from_file(str(self.model_dir / "tokenizer.json"))
         # the model's tokens by id (the tokenizer's, then placeholders if the embedding table is larger)

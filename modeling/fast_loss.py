@@ -5,7 +5,8 @@ Plain computation it equals: `logits = linear(hidden, weight, bias)` and
 `tests/test_fast_paths.py::test_chunked_linear_cross_entropy_equals_linear_then_cross_entropy` (and, through the
 MLM head, `test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss`).
 
-Entered from one place: `MaskedLMHead.loss_and_logits` (BERT's sparse MLM prediction, `modeling_vanilla_bert.py`).
+Entered from one place: `VocabularyProjection.forward` with labels (BERT's sparse MLM prediction,
+`modeling_vanilla_bert.py`).
 """
 
 import torch

@@ -138,13 +138,14 @@ class HubFolders:
         return loaded
 
 
-def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None) -> Path:
+def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None, state_dict: dict | None = None) -> Path:
     """Save `model` (and `tokenizer`) as a folder that loads with trust_remote_code=True without this package:
-    `model.save_pretrained(folder)` (Hub-ready by itself, `HubFolders`) and the tokenizer beside it."""
+    `model.save_pretrained(folder)` (Hub-ready by itself, `HubFolders`) and the tokenizer beside it. `state_dict`:
+    the weights to write instead of the model's own (those of a sharded model, gathered whole)."""
     folder = Path(folder)
     if not prepare_for_hub(model):
         raise ValueError(f"{type(model).__name__} is not one of this package's model classes; no Hub export for it")
-    model.save_pretrained(folder)
+    model.save_pretrained(folder, state_dict=state_dict)
     if tokenizer is not None:
         tokenizer.save_pretrained(folder)
     return folder

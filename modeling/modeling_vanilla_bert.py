@@ -86,8 +86,11 @@ class VanillaBertEmbeddings(nn.Module):
     ) -> torch.Tensor:
         if inputs_embeds is None:  # (the ids were checked by the model)
             inputs_embeds = self.embed_tokens(input_ids)
-        if token_type_ids is None:
-            segments = self.embed_token_types.weight[0]  # (D,): all segment A, no lookup needed
+        if token_type_ids is None:  # all segment A: one row, added to every position
+            # A lookup, not `embed_token_types.weight[0]`: a module's weights are read in its own forward only, where
+            # DeepSpeed ZeRO-3 gathers them
+            segment_a = torch.zeros((), dtype=torch.long, device=inputs_embeds.device)
+            segments = self.embed_token_types(segment_a)  # (D,)
         else:
             check_segment_ids(token_type_ids, self.embed_token_types.num_embeddings)
             segments = self.embed_token_types(token_type_ids)  # (B, T, D)
@@ -106,6 +109,18 @@ class VanillaBertPooler(nn.Module):
         return torch.tanh(self.dense(hidden_states[:, 0]))  # (B, D)
 
 
+class VocabularyProjection(nn.Linear):
+    """The projection onto the vocabulary: logits = x Wᵀ + b. Given `labels` as well, it returns (summed
+    cross-entropy, logits), the two computed together in vocabulary chunks (`fast_loss.py`). That computation reads
+    the weight, so it runs here, in this module's forward: a module's weights are read in its own forward only, where
+    DeepSpeed ZeRO-3 gathers them."""
+
+    def forward(self, hidden_states: torch.Tensor, labels: torch.Tensor | None = None):
+        if labels is None:
+            return super().forward(hidden_states)  # (..., V)
+        return linear_cross_entropy(hidden_states, self.weight, self.bias, labels)  # (), (N, V)
+
+
 class MaskedLMHead(nn.Module):
     """BERT's MLM head: dense + activation + LayerNorm, then the projection onto the vocabulary, whose weight is the
     word embedding matrix (tied) and which has its own output bias."""
@@ -115,7 +130,7 @@ class MaskedLMHead(nn.Module):
         self.dense = nn.Linear(hidden_size, hidden_size)
         self.activation = ACT2FN[activation]
         self.norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.decoder = nn.Linear(hidden_size, vocab_size)  # BERT's name; weight tied to embed_tokens
+        self.decoder = VocabularyProjection(hidden_size, vocab_size)  # BERT's name; weight tied to embed_tokens
 
     def transform(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.norm(self.activation(self.dense(hidden_states)))  # (..., D)
@@ -126,7 +141,7 @@ class MaskedLMHead(nn.Module):
     def loss_and_logits(self, hidden_states: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(summed cross-entropy, logits) at (N, D) positions with (N,) labels, the vocabulary projection and the
         loss computed together in vocabulary chunks (`fast_loss.py`)."""
-        return linear_cross_entropy(self.transform(hidden_states), self.decoder.weight, self.decoder.bias, labels)
+        return self.decoder(self.transform(hidden_states), labels)
 
 
 class VanillaBertPreTrainedModel(HubFolders, PreTrainedModel):
@@ -134,7 +149,9 @@ class VanillaBertPreTrainedModel(HubFolders, PreTrainedModel):
     base_model_prefix = "bert"
     main_input_name = "input_ids"
     supports_gradient_checkpointing = True
-    _no_split_modules = ["VanillaBertEmbeddings", "TransformerLayer"]
+    # The layer: FSDP's auto-wrap gives each a unit of its own, and device_map places whole layers. Not the embeddings:
+    # a unit of theirs would part the word embeddings from the MLM head's projection tied to them
+    _no_split_modules = ["TransformerLayer"]
     _supports_sdpa = True
     _supports_flash_attn = True
     _supports_flex_attn = True
@@ -301,6 +318,8 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
             hidden_states = hidden_states.flatten(0, 1)[masked]  # (N, D)
         loss = None
         chunked = masked is not None and masked.numel() > 0 and not torch.compiler.is_compiling()
+        # (resize_token_embeddings puts a plain nn.Linear in place of the VocabularyProjection: the usual path then)
+        chunked = chunked and isinstance(self.lm_head.decoder, VocabularyProjection)
         if chunked and not torch.is_autocast_enabled(hidden_states.device.type):
             # Sparse prediction: the projection onto the vocabulary and the loss together, chunk by chunk (the
             # same values, faster on CPU, no log-softmax tensor); under autocast the usual path keeps its casts.

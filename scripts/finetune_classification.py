@@ -62,7 +62,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
-from vanilla_transformer.modeling.hub import save_for_hub
+from vanilla_transformer.training.checkpoints import save_whole_for_hub, whole_weights
 from vanilla_transformer.training.errors import (
     ArgumentError,
     CheckpointError,
@@ -70,7 +70,7 @@ from vanilla_transformer.training.errors import (
     TrainingError,
     errors_without_traceback,
 )
-from vanilla_transformer.training.loop import StopSignals, make_optimizer, make_schedule
+from vanilla_transformer.training.loop import StopSignals, describe_engine, make_optimizer, make_schedule
 from vanilla_transformer.training.model_folders import (
     ModelFolder,
     check_finite_weights,
@@ -906,6 +906,7 @@ def run(argv: list[str] | None = None) -> dict:
         if len(scored):
             training["validation"] = data["validation"].select(scored)
     trainer = build_trainer(model, tokenizer, training, args)
+    logger.info(describe_engine(trainer.accelerator))
     results = {"args": asdict(args), "classes": classes}
     if "train" in data:
         divergence = StopOnDivergence()
@@ -941,11 +942,15 @@ def run(argv: list[str] | None = None) -> dict:
         if name in data:
             results[name] = predict_split(trainer, name, splits[name], data[name], classes, output_dir)
             logger.info("%s: %s", name, results[name])
-    save_for_hub(trainer.model, output_dir, tokenizer)
-    (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    for checkpoint in checkpoints(output_dir):  # the run is complete: its final model and results are saved
-        shutil.rmtree(checkpoint)
-    logger.info("saved to %s", output_dir)
+    # Every process: under FSDP2 or DeepSpeed ZeRO-3 they gather the whole weights together; the main one writes.
+    weights = whole_weights(trainer.accelerator, trainer.model_wrapped)
+    if trainer.is_world_process_zero():
+        save_whole_for_hub(trainer.accelerator.unwrap_model(trainer.model), output_dir, tokenizer, weights)
+        (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
+        for checkpoint in checkpoints(output_dir):  # the run is complete: its final model and results are saved
+            shutil.rmtree(checkpoint)
+        logger.info("saved to %s", output_dir)
+    trainer.accelerator.wait_for_everyone()
     return results
 
 

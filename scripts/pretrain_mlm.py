@@ -6,6 +6,9 @@ saves).
 Text: local files, one document per line (blank lines skipped, .gz accepted), or a `datasets` Hub id. Documents
 are tokenized with a WordPiece trained on the training text (or --tokenizer_name, or the checkpoint's), closed
 with [SEP], concatenated and cut into blocks of --block_size tokens that each open with [CLS] (`group_blocks`).
+The text and its blocks stay on disk, in Arrow files that `datasets` memory-maps (a corpus larger than memory trains),
+tokenized by one process per core for a large corpus; a second run with the same text and tokenizer reads the blocks
+from the cache in seconds (docs/large-corpora.md: a 1 GB text file on 2 CPU cores).
 Masking: transformers' `DataCollatorForLanguageModeling` (--mlm_probability of the tokens; 80% [MASK], 10% random,
 10% unchanged), or whole words with --whole_word_mask. The MLM head runs on the masked positions only
 (--sparse_prediction, on by default). Validation: loss per masked token and perplexity (its exp), with the
@@ -64,10 +67,12 @@ import json
 import math
 import sys
 from collections import Counter
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import datasets
+import numpy as np
 import torch
 from accelerate.utils import set_seed
 from transformers import (
@@ -93,15 +98,23 @@ from vanilla_transformer.training.logs import plot_log
 from vanilla_transformer.training.loop import (
     LoopArguments,
     TrainingTask,
+    evaluation_share,
     loop_optimizer,
     make_accelerator,
     paper_learning_rate,
     peak_learning_rate,
+    prepare_for_training,
     train,
 )
 from vanilla_transformer.training.text_data import group_blocks
 from vanilla_transformer.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
-from vanilla_transformer.training.translation_data import READER_VERSION, load_dataset_split, text_lines
+from vanilla_transformer.training.translation_data import (
+    READER_VERSION,
+    load_dataset_split,
+    map_processes,
+    numpy_columns,
+    text_lines,
+)
 
 # A new model's size when none is given: BERT-Mini (Turc et al. 2019), small enough for a CPU.
 DEFAULT_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads": 4, "intermediate_size": 1024}
@@ -112,12 +125,13 @@ DEFAULT_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads
 # and vocabulary, and short blocks: 16-token blocks left the masked-LM plateau (always ".", "the") within the budget
 # where 64-token blocks did not. Options given on the command line win over the preset.
 BUDGET_PRESET = {
-    "vocab_size": 4000, "block_size": 16, "batch_size": 128, "hidden_size": 128, "num_hidden_layers": 2,
+    "vocab_size": 4000, "block_size": 16, "batch_size": 64, "hidden_size": 128, "num_hidden_layers": 2,
     "num_attention_heads": 2, "intermediate_size": 512, "dropout": 0.0, "pre_ln": True,
     "lr_schedule": "one_cycle", "learning_rate": 3e-3, "warmup_steps": 200, "weight_decay": 0.01,
     "max_train_minutes": 5.0,
 }
 PRESETS = {"budget": BUDGET_PRESET}
+BLOCKS_VERSION = "1"  # bump when tokenize_blocks changes what it writes: old caches are then not reused
 
 
 @dataclass
@@ -223,7 +237,7 @@ def load_texts(args: PretrainArguments) -> datasets.DatasetDict:
                                      (("train", args.train_file), ("validation", args.validation_file))})
         where = {"train": args.train_file, "validation": args.validation_file}
     lines = {split: len(table) for split, table in data.items()}
-    data = data.filter(lambda row: bool(row["text"] and row["text"].strip()))
+    data = data.filter(_not_blank, batched=True)  # an index of the kept rows: the text stays where it is
     for split, table in data.items():
         if len(table) == 0:
             raise DataError(f"{where[split]}: no text ({lines[split]:,} {'lines' if args.train_file else 'rows'}, all "
@@ -250,6 +264,17 @@ def _text_file(path: str) -> datasets.Dataset:
         raise
 
 
+def _not_blank(batch: dict) -> list[bool]:
+    return [bool(text and text.strip()) for text in batch["text"]]
+
+
+def texts_of(table: datasets.Dataset) -> Iterator[str]:
+    """The texts of a split, read from its Arrow file a thousand at a time: a corpus larger than memory streams
+    through (a tokenizer trainer takes this iterator)."""
+    for batch in table.iter(batch_size=1000):
+        yield from batch["text"]
+
+
 def _lines(path: str):
     empty = True
     for line in text_lines(path):
@@ -261,8 +286,11 @@ def _lines(path: str):
 
 def tokenize_blocks(texts: datasets.Dataset, tokenizer, block_size: int, whole_word_mask: bool,
                     documents_per_group: int = 1000) -> datasets.Dataset:
-    """The blocks of a split, with their lengths (cached on disk by `datasets.map`). Documents are grouped
-    `documents_per_group` at a time, each group ending in a shorter block."""
+    """The blocks of a split, with their lengths, written to disk by `datasets.map` by several processes for a large
+    corpus (`map_processes`), and read from there by the next run with the same text, tokenizer and blocks (a
+    resumed run too). Documents are packed `documents_per_group` at a time, across their boundaries
+    (`group_blocks`), each group ending in a shorter block; a large corpus is split between the processes first,
+    each share ending in a shorter block too."""
 
     def encode(batch):
         # No truncation: a long document continues in the next block. verbose=False: no warning about lines
@@ -272,8 +300,25 @@ def tokenize_blocks(texts: datasets.Dataset, tokenizer, block_size: int, whole_w
         blocks = group_blocks(documents, block_size, tokenizer.cls_token_id, tokenizer.sep_token_id)
         return {**blocks, "length": [len(ids) for ids in blocks["input_ids"]]}
 
+    # The cache key names what the blocks are made of. (datasets' own key, a hash of `encode` and the tokenizer
+    # object it holds, differs between a tokenizer trained in this run and the same one loaded from its folder: a
+    # resumed run would tokenize the whole corpus again.)
+    key = hashlib.sha256(json.dumps(
+        [[f["filename"] for f in texts.cache_files], len(texts), tokenizer.backend_tokenizer.to_str(), block_size,
+         whole_word_mask, documents_per_group, BLOCKS_VERSION]
+    ).encode()).hexdigest()[:32]
+    ids = datasets.List(datasets.Value("int32"))
+    features = datasets.Features({"input_ids": ids, "special_tokens_mask": datasets.List(datasets.Value("int8")),
+                                  "length": datasets.Value("int32")}
+                                 | ({"offset_mapping": datasets.List(ids)} if whole_word_mask else {}))
     return texts.map(encode, batched=True, batch_size=documents_per_group, remove_columns=texts.column_names,
+                     features=features, num_proc=map_processes(len(texts)), new_fingerprint=key,
                      desc=f"blocks of {block_size} tokens")
+
+
+def block_lengths(blocks: datasets.Dataset) -> np.ndarray:
+    """The length of every block, read from its column alone: what batches are cut from."""
+    return numpy_columns(blocks, ["length"])["length"]
 
 
 def make_collator(tokenizer, args: PretrainArguments, seed: int | None = None) -> DataCollatorForLanguageModeling:
@@ -292,7 +337,7 @@ def masked_validation_batches(blocks: datasets.Dataset, tokenizer, args: Pretrai
     scores the same masked positions, so the values are comparable along the run."""
     collate = make_collator(tokenizer, args, seed=seed)
     features = blocks.select_columns(collator_columns(args))
-    batches = token_batches(blocks["length"], args.eval_batch_size * args.block_size, seed=0, epoch=0,
+    batches = token_batches(block_lengths(blocks), args.eval_batch_size * args.block_size, seed=0, epoch=0,
                             shuffle=False)
     return [collate([features[i] for i in indices]) for indices in batches]
 
@@ -352,7 +397,8 @@ def get_tokenizer(args: PretrainArguments, texts: datasets.DatasetDict, output_d
                                   "start a new --output_dir")
         tokenizer = load_tokenizer(folder, "the run's tokenizer")
     else:
-        tokenizer = train_wordpiece_tokenizer(texts["train"]["text"], vocab_size=args.vocab_size, show_progress=False)
+        tokenizer = train_wordpiece_tokenizer(texts_of(texts["train"]), vocab_size=args.vocab_size,
+                                              show_progress=False)
         tokenizer.save_pretrained(folder)
         trained_here = True
     if resume is not None:
@@ -444,18 +490,18 @@ def run(args: PretrainArguments, loop: LoopArguments):
     masked = sum(int((b["labels"] != -100).sum()) for b in validation_batches)
     if masked == 0:
         raise DataError(f"the validation text ({args.validation_file or args.dataset_name}) gives no masked token "
-                        f"to score ({sum(blocks['validation']['length']):,} tokens, --mlm_probability "
+                        f"to score ({block_lengths(blocks['validation']).sum():,} tokens, --mlm_probability "
                         f"{args.mlm_probability}): give more validation text")
-    lengths = list(blocks["train"]["length"])
+    lengths = block_lengths(blocks["train"])
     counted = blocks["train"][:10_000]  # enough to find the most frequent token of a large corpus
     frequent_token = most_frequent_token(counted["input_ids"], counted["special_tokens_mask"])
 
     model = get_model(args, tokenizer)
     learning_rate = peak_learning_rate(loop, paper_learning_rate(model.config.hidden_size, loop.warmup_steps))
     optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare_for_training(accelerator, loop, model, optimizer, scheduler)
     accelerator.print(
-        f"{len(texts['train'])} training documents -> {len(lengths)} blocks, {sum(lengths)} tokens; validation "
+        f"{len(texts['train'])} training documents -> {len(lengths)} blocks, {lengths.sum()} tokens; validation "
         f"{len(blocks['validation'])} blocks, {masked} masked tokens; model: "
         f"{accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak "
         f"learning rate {learning_rate:.2e}; global batch = {accelerator.num_processes} processes x "
@@ -468,9 +514,12 @@ def run(args: PretrainArguments, loop: LoopArguments):
                                                           if isinstance(v, (int, float, str, bool))})
 
     def evaluate(model_in_eval_mode) -> dict:
-        # The bare model: a DDP forward is a collective, and the processes' shares may differ.
-        mine = validation_batches[accelerator.process_index :: accelerator.num_processes]
-        sums = masked_token_sums(accelerator.unwrap_model(model_in_eval_mode), mine, frequent_token)
+        # The bare model: a DDP forward is a collective (buffer broadcast), which evaluation does not need. Under
+        # FSDP2 every forward pass is one: the padding gives every process the same number of them, not counted.
+        bare = accelerator.unwrap_model(model_in_eval_mode)
+        mine, padding = evaluation_share(validation_batches, accelerator.num_processes, accelerator.process_index)
+        sums = masked_token_sums(bare, mine, frequent_token)
+        masked_token_sums(bare, padding, frequent_token)
         return masked_token_scores(accelerator.reduce(sums.to(accelerator.device), "sum").cpu())
 
     task = TrainingTask(
@@ -481,7 +530,7 @@ def run(args: PretrainArguments, loop: LoopArguments):
         count_tokens=lambda batch: batch["attention_mask"].sum(),  # the labels are a subset of the inputs
         evaluate=evaluate,
         signature={"block_size": args.block_size, "batch_size": args.batch_size, "train_blocks": len(lengths),
-                   "train_tokens": sum(lengths), "tokenizer": tokenizer_fingerprint(tokenizer)},
+                   "train_tokens": int(lengths.sum()), "tokenizer": tokenizer_fingerprint(tokenizer)},
     )
     outcome = train(accelerator, model, optimizer, scheduler, task, loop, arguments)
     if not outcome.completed:
@@ -489,8 +538,8 @@ def run(args: PretrainArguments, loop: LoopArguments):
                           "the same command and --resume")
         accelerator.end_training()
         return outcome
+    final = save_final(accelerator, model, tokenizer, output_dir, arguments, outcome.checkpoint)  # every process
     if accelerator.is_main_process:
-        final = save_final(accelerator.unwrap_model(model), tokenizer, output_dir, arguments, outcome.checkpoint)
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         metrics = outcome.metrics
         accelerator.print(f"validation ({args.validation_file or args.dataset_name}): loss {metrics['val_loss']:.4f} "

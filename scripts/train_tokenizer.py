@@ -10,9 +10,11 @@ columns of a `datasets` dataset (a field of a dict column is "column.field", e.g
     python scripts/train_tokenizer.py --kind wordpiece --vocab_size 30522 --output_dir outputs/wiki/tokenizer \\
         --dataset_name wikitext --dataset_config wikitext-103-raw-v1 --columns text
 
-train_translation.py takes the folder with --tokenizer (without it, it trains a joint BPE itself). Files that are
-missing, empty or blank, not UTF-8 or a broken .gz are errors naming the file (and the line); a vocabulary that
-comes out smaller than --vocab_size is a warning with the counts.
+The text streams through the trainer (files line by line, a dataset a thousand rows at a time from its Arrow file):
+a corpus larger than memory trains (docs/large-corpora.md). train_translation.py takes the folder with --tokenizer
+(without it, it trains a joint BPE itself). Files that are missing, empty or blank, not UTF-8 or a broken .gz are
+errors naming the file (and the line); a vocabulary that comes out smaller than --vocab_size is a warning with the
+counts.
 """
 
 import sys
@@ -76,10 +78,9 @@ def texts(args: TokenizerArguments) -> Iterator[str]:
             f"{args.dataset_name} ({args.split}) has no column {missing}; its columns are {table.column_names} "
             "(a field of a dict column is 'column.field')"
         )
-    for row in table.select_columns(args.columns):
-        for column in args.columns:
-            if isinstance(row[column], str):
-                yield row[column]
+    for batch in table.select_columns(args.columns).iter(batch_size=1000):  # from the Arrow file, never all at once
+        for row in zip(*(batch[column] for column in args.columns)):
+            yield from (text for text in row if isinstance(text, str))
 
 
 def run(args: TokenizerArguments):

@@ -22,6 +22,9 @@ The same command runs on one GPU, or on several processes (the global batch is m
 gradient_accumulation_steps):
     accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...                   # 2 GPUs
     ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPUs
+The pairs and their token ids stay on disk, in Arrow files that `datasets` memory-maps (a corpus larger than memory
+trains), tokenized by one process per core for a large corpus; a second run with the same data and tokenizer reads
+them from the cache in seconds (docs/large-corpora.md: 4.5 million pairs on 2 CPU cores).
 Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume: a resumed run keeps
 every argument that shapes training (a different --learning_rate, model size, data or seed is refused, naming it);
 when to stop, logging, saving and the evaluation settings (--num_beams, --length_penalties, --eval_batch_size) may
@@ -30,6 +33,7 @@ ragged TSV line, a JSON line of the wrong type) is an error naming the file and 
 counted in a warning.
 """
 
+import functools
 import json
 import os
 import sys
@@ -43,7 +47,13 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
 from vanilla_transformer.training.batching import token_batches
-from vanilla_transformer.training.checkpoints import ResumePoint, average_checkpoints, prepare_output_dir, save_final
+from vanilla_transformer.training.checkpoints import (
+    ResumePoint,
+    average_checkpoints,
+    is_sharded,
+    prepare_output_dir,
+    save_final,
+)
 from vanilla_transformer.training.errors import (
     ArgumentError,
     CheckpointError,
@@ -57,11 +67,13 @@ from vanilla_transformer.training.logs import plot_log
 from vanilla_transformer.training.loop import (
     LoopArguments,
     TrainingTask,
+    evaluation_share,
     loop_optimizer,
     make_accelerator,
     mean_loss,
     paper_learning_rate,
     peak_learning_rate,
+    prepare_for_training,
     train,
 )
 from vanilla_transformer.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
@@ -73,7 +85,7 @@ from vanilla_transformer.training.translation_data import (
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.training.translation_eval import load_metrics, score, translate
+from vanilla_transformer.training.translation_eval import generation_batches, load_metrics, score, translate_batch
 
 
 @dataclass
@@ -191,15 +203,20 @@ def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments
     model.generation_config.max_new_tokens = args.max_length
     learning_rate = peak_learning_rate(loop, paper_learning_rate(args.d_model, loop.warmup_steps, args.lr_factor))
     optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
-    model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
+    model, optimizer, scheduler = prepare_for_training(accelerator, loop, model, optimizer, scheduler)
 
-    lengths = pair_lengths(train_set)
-    batches = token_batches(lengths, args.max_tokens, loop.seed, epoch=0)
+    lengths = pair_lengths(train_set)  # batches are cut from these alone: no example is read to make them
+
+    @functools.lru_cache(maxsize=1)  # an epoch's batches are cut once (here for the count, then by the loop)
+    def epoch_batches(epoch: int) -> list[list[int]]:
+        return token_batches(lengths, args.max_tokens, loop.seed, epoch)
+
+    micro_batches = len(epoch_batches(0))
     accelerator.print(
         f"model: {accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak learning rate "
         f"{learning_rate:.2e}; "
-        f"{len(batches)} micro-batches of at most {args.max_tokens} tokens per epoch "
-        f"({lengths.sum() / len(batches):.0f} tokens of the longer side each, on average), "
+        f"{micro_batches} micro-batches of at most {args.max_tokens} tokens per epoch "
+        f"({lengths.sum() / micro_batches:.0f} tokens of the longer side each, on average), "
         f"global batch = {accelerator.num_processes} processes x {loop.gradient_accumulation_steps} micro-batches"
     )
     if accelerator.is_main_process:
@@ -214,7 +231,7 @@ def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments
     task = TrainingTask(
         dataset=train_set.select_columns(["input_ids", "labels"]),
         collate=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"),
-        epoch_batches=lambda epoch: token_batches(lengths, args.max_tokens, loop.seed, epoch),
+        epoch_batches=epoch_batches,
         loss=lambda model, batch, num_items: model(
             **batch, smoothing=args.label_smoothing, num_items_in_batch=num_items
         ).loss,
@@ -232,9 +249,9 @@ def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments
     model.eval()
     choice = choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
                                   outcome.metrics)
+    final = save_final(accelerator, model, tokenizer, output_dir, arguments, outcome.checkpoint,
+                       extra={"validation_scores.json": choice})  # every process: a sharded model is gathered
     if accelerator.is_main_process:
-        final = save_final(accelerator.unwrap_model(model), tokenizer, output_dir, arguments, outcome.checkpoint,
-                           extra={"validation_scores.json": choice})
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         accelerator.print(f"saved {final} (beam {args.num_beams}, length penalty {choice['length_penalty']}, "
                           f"weights: {choice['weights']}); curves in {output_dir / 'training_curves.png'}")
@@ -265,12 +282,13 @@ def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, out
     else:
         counted = {"texts": 0}
 
-        def texts():
-            for row in train_pairs:
-                for text in (row["source"], row["target"]):
-                    if text and text.strip():
-                        counted["texts"] += 1
-                        yield text
+        def texts():  # read from the Arrow file a thousand pairs at a time, never all at once
+            for batch in train_pairs.iter(batch_size=1000):
+                for pair in zip(batch["source"], batch["target"]):
+                    for text in pair:
+                        if text and text.strip():
+                            counted["texts"] += 1
+                            yield text
 
         nothing = DataError(f"{args.train_split}: no text in its {len(train_pairs):,} pairs (every side is empty or "
                             "blank): nothing to train on")
@@ -311,24 +329,29 @@ def _texts(pairs, count: int = 1000) -> list[str]:
 def validate(accelerator, model, tokenizer, validation_set, validation_pairs, args: TranslationArguments, metrics,
              with_loss: bool = True, **generate_kwargs) -> dict:
     """Validation loss (cross-entropy per target token, no smoothing) and corpus BLEU / chrF of beam search, with
-    each process handling a share of the sentences."""
+    each process handling a share of the batches. Every process makes the same number of forward passes and
+    `generate` calls (`evaluation_share`), and a sharded model generates with `synced_gpus=True`: under FSDP2 each
+    forward pass is a collective, and a process whose beams have finished keeps stepping with the others."""
     result = {}
-    # The bare model: a DDP forward is a collective (buffer broadcast), and the processes hold unequal shares.
+    # The bare model: a DDP forward is a collective (buffer broadcast), which evaluation does not need.
     model = accelerator.unwrap_model(model)
     if with_loss:
         batches = token_batches(pair_lengths(validation_set), args.max_tokens, seed=0, epoch=0, shuffle=False)
         collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
         features = validation_set.select_columns(["input_ids", "labels"])
-        mine = (collate([features[i] for i in indices])
-                for indices in batches[accelerator.process_index :: accelerator.num_processes])
-        result["val_loss"] = round(mean_loss(accelerator, model, mine), 4)  # per target token, no smoothing
+        loss = mean_loss(accelerator, model, batches, lambda indices: collate([features[i] for i in indices]))
+        result["val_loss"] = round(loss, 4)  # per target token, no smoothing
     sources, references = list(validation_pairs["source"]), list(validation_pairs["target"])
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
-    mine = order[accelerator.process_index :: accelerator.num_processes]
-    hypotheses = translate(model, tokenizer, [sources[i] for i in mine],
-                           batch_size=args.eval_batch_size, num_beams=args.num_beams,
-                           max_new_tokens=args.max_length, **generate_kwargs)
-    by_index = dict(gather_object(list(zip(mine, hypotheses))))
+    mine, padding = evaluation_share(generation_batches(sources, args.eval_batch_size), accelerator.num_processes,
+                                     accelerator.process_index)
+    generation = dict(num_beams=args.num_beams, max_new_tokens=args.max_length, synced_gpus=is_sharded(model),
+                      **generate_kwargs)
+    hypotheses = []
+    for batch in mine:
+        hypotheses += zip(batch, translate_batch(model, tokenizer, [sources[i] for i in batch], **generation))
+    for batch in padding:  # the same number of generate calls on every process; not counted
+        translate_batch(model, tokenizer, [sources[i] for i in batch], **generation)
+    by_index = dict(gather_object(hypotheses))
     scores = score([by_index[i] for i in range(len(sources))], references, metrics)
     result.update(val_bleu=scores["sacrebleu"], val_chrf=scores["chrf"])
     return result

@@ -3,7 +3,6 @@ the same weights as one, Ctrl-C under `accelerate launch` saves a checkpoint tha
 runs, and the learning rate follows the paper's schedule (or BERT's fine-tuning one)."""
 
 import contextlib
-import json
 import math
 import os
 import signal
@@ -66,30 +65,6 @@ def launch(launched):
     return _launch
 
 
-def test_two_processes_train_to_the_same_weights_as_one_process_with_the_same_global_batch(
-        tmp_path, launch, log_records, run_translation, translation_args, write_translation_corpus):
-    corpus = write_translation_corpus(tmp_path / "data")
-    # Dropout off: each process draws its own masks, so with dropout the runs agree in distribution only.
-    common = ["--max_steps", "6", "--dropout", "0", "--eval_steps", "3"]
-    one = run_translation(translation_args(corpus, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
-    output = launch(translation_args(corpus, tmp_path / "two", *common), num_processes=2)
-    assert "global batch = 2 processes x 1 micro-batches" in output
-
-    assert one.epoch >= 1  # 6 steps of 2 micro-batches cross an epoch boundary
-    single = safetensors.torch.load_file(tmp_path / "one" / "checkpoints" / "step-6" / "model.safetensors")
-    double = safetensors.torch.load_file(tmp_path / "two" / "checkpoints" / "step-6" / "model.safetensors")
-    assert single.keys() == double.keys()
-    for key in single:
-        torch.testing.assert_close(double[key], single[key], rtol=1e-4, atol=1e-5, msg=key)
-    for a, b in zip(log_records(tmp_path / "one"), log_records(tmp_path / "two"), strict=True):
-        assert a["step"] == b["step"]
-        for key in ("loss", "grad_norm", "lr", "val_loss", "val_bleu", "val_chrf"):
-            if key in a:
-                assert b[key] == pytest.approx(a[key], rel=1e-4, abs=1e-4), (a, b)
-    final_one, final_two = (json.loads((tmp_path / d / "final" / "config.json").read_text()) for d in ("one", "two"))
-    assert final_one == final_two
-
-
 def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(tmp_path, launch, launched,
                                                                                 run_translation, translation_args,
                                                                                 write_translation_corpus):
@@ -110,6 +85,7 @@ def test_ctrl_c_under_accelerate_launch_saves_a_checkpoint_that_resumes_exactly(
     assert {"rng_state_0.safetensors", "rng_state_1.safetensors", "model.safetensors"} <= {
         p.name for p in checkpoint.iterdir()}
     assert "interrupted: saving a checkpoint" in output, output[-3000:]
+    assert "engine: DDP (CPU), 2 processes on 1 machine, cpu, mixed precision no" in output
 
     launch([*argv, "--max_steps", str(stopped_at + 2), "--resume"], num_processes=2)
     reference = run_translation(translation_args(corpus, tmp_path / "one", "--dropout", "0", "--save_steps", "100000",

@@ -28,16 +28,26 @@ def token_batches(
         )
     rng = np.random.default_rng([seed, epoch])
     order = rng.permutation(len(lengths)) if shuffle else np.arange(len(lengths))
-    order = order[np.argsort(lengths[order], kind="stable")]
-    batches, batch, longest = [], [], 0
-    for index in order.tolist():
-        if batch and max(longest, lengths[index]) * (len(batch) + 1) > max_tokens:
-            batches.append(batch)
-            batch, longest = [], 0
-        batch.append(index)
-        longest = max(longest, int(lengths[index]))
-    if batch:
-        batches.append(batch)
+    keys = lengths[order]
+    if np.issubdtype(keys.dtype, np.integer) and keys.size and 0 <= keys.min() and keys.max() < 2**16:
+        keys = keys.astype(np.uint16)  # numpy's stable sort of 16-bit integers is a radix sort: several times faster
+    order = order[np.argsort(keys, kind="stable")]
+    ordered = lengths[order]
+    # Greedy, in length order: each example is the longest of its batch so far, so a batch of examples of length L
+    # or less holds at most max_tokens // L of them. Within a run of equal lengths the batches are full, and only
+    # the batch left open at a run's end crosses into the next run: one step per distinct length, not per example.
+    run_starts = [0, *(np.flatnonzero(np.diff(ordered)) + 1).tolist()] if len(order) else []
+    cuts, open_count = [0], 0  # where batches start; examples in the batch that is still open
+    for start, end in zip(run_starts, [*run_starts[1:], len(order)]):
+        fit = max_tokens // max(1, int(ordered[start]))
+        if open_count >= fit:  # the open batch cannot take one example of this length
+            cuts.append(start)
+            open_count = 0
+        full = start + fit - open_count  # where the open batch is full
+        cuts += range(full, end, fit)
+        open_count = end - cuts[-1] if full < end else open_count + end - start
+    indices = order.tolist()
+    batches = [indices[a:b] for a, b in zip(cuts, cuts[1:] + [len(indices)]) if a < b]
     if shuffle:
         batches = [batches[i] for i in rng.permutation(len(batches))]
     return batches

@@ -6,6 +6,13 @@ and JSON, no pickle, so that resuming never runs code that a checkpoint file bri
 temporary folder and renamed when complete. Before any data is read, `prepare_output_dir` checks the output folder:
 writable; a fresh run does not mix with an earlier run's outputs; `--resume` finds a checkpoint whose run had the same
 arguments (those that shape the trajectory; the stopping, logging and saving ones may change).
+
+A model sharded by FSDP2 (`fsdp_version: 2`, docs/scaling.md) is checkpointed whole: torch's own consolidation
+(`get_model_state_dict` / `get_optimizer_state_dict`, what `accelerator.get_state_dict` runs under FSDP2) gathers the
+weights and the optimizer state onto the main process, which writes the same files as without sharding; `--resume`
+shards them again (`set_model_state_dict` / `set_optimizer_state_dict`) under the same engine. The final folder
+(`save_final`) and checkpoint averaging (`average_checkpoints`) work on the whole weights likewise, every process
+taking part (tested on CPU processes with `fully_shard`: tests/test_sharded.py).
 """
 
 import json
@@ -53,7 +60,8 @@ class TrainingProgress:
 # A checkpoint folder holds data only, never pickle: `--resume` reads it with safetensors and json, which build
 # tensors, numbers and strings and run nothing, whatever a file holds.
 #   model.safetensors        the weights (as accelerate's save_state wrote them: tied weights once)
-#   optimizer.safetensors    the optimizer's state_dict; scheduler.safetensors, scaler.safetensors (fp16) likewise
+#   optimizer.safetensors    the optimizer's state_dict (under FSDP2 the whole one, keyed by parameter name);
+#                            scheduler.safetensors, scaler.safetensors (fp16) likewise
 #   rng_state_<i>.safetensors  process i's random generators (Python, NumPy, torch CPU and CUDA)
 #   progress.json            epoch, step, elapsed time, the data signature, the run's arguments
 # A state_dict is stored as a safetensors file whose tensors are the state's tensors and whose metadata is the
@@ -143,6 +151,66 @@ def _save_weights(model: torch.nn.Module, path: Path) -> None:
     safetensors.torch.save_file(tensors, str(path), metadata={"format": "pt"})
 
 
+def is_sharded(model: torch.nn.Module) -> bool:
+    """Whether FSDP2 (`fully_shard`) shards the model: each process then holds a slice of every parameter, a DTensor,
+    and every forward pass is a collective."""
+    if not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+
+    return any(isinstance(parameter, DTensor) for parameter in model.parameters())
+
+
+def _tied_names(model: torch.nn.Module) -> dict[str, str]:
+    """{later name: first name} of each parameter registered under several names (tied weights)."""
+    first, tied = {}, {}
+    for name, parameter in model.named_parameters(remove_duplicate=False):
+        if id(parameter) in first:
+            tied[name] = first[id(parameter)]
+        else:
+            first[id(parameter)] = name
+    return tied
+
+
+def _gather_weights(model: torch.nn.Module) -> dict:
+    """The whole weights of a model sharded by FSDP2, tied ones once (as `_save_weights` writes them), gathered by
+    torch's consolidation onto the main process (the others get an empty dict). Every process calls it: the
+    gathering is a collective."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    weights = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    tied = _tied_names(model)
+    return {name: tensor.contiguous() for name, tensor in weights.items() if name not in tied}
+
+
+def _gather_sharded(model: torch.nn.Module, optimizer) -> tuple[dict, dict]:
+    """`_gather_weights` and the whole optimizer state of a model sharded by FSDP2, on the main process."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_optimizer_state_dict
+
+    weights = _gather_weights(model)
+    whole = StateDictOptions(full_state_dict=True, cpu_offload=True)
+    return weights, get_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer), options=whole)
+
+
+def _set_sharded_weights(model: torch.nn.Module, weights: dict) -> None:
+    """Load whole weights (tied ones once) into a model sharded by FSDP2: every process keeps its slice."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
+
+    weights = {**weights, **{name: weights[first] for name, first in _tied_names(model).items()}}
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+
+
+def _load_sharded(model: torch.nn.Module, optimizer, checkpoint: Path) -> None:
+    """Load a checkpoint's whole weights and optimizer state into a model sharded by FSDP2 (every process reads the
+    files and keeps its slice)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+
+    _set_sharded_weights(model, safetensors.torch.load_file(checkpoint / "model.safetensors"))
+    set_optimizer_state_dict(model, getattr(optimizer, "optimizer", optimizer),
+                             load_state_file(checkpoint / "optimizer.safetensors"),
+                             options=StateDictOptions(full_state_dict=True))
+
+
 def _fsync(path: Path) -> None:
     """Make a written file (or a renamed folder's entry) durable: a power cut must not leave a renamed, complete-
     looking checkpoint with missing data."""
@@ -185,11 +253,19 @@ class Checkpoints:
                 failure = error
         accelerator.wait_for_everyone()
         written = []
+        sharded = is_sharded(accelerator.unwrap_model(model))
         try:
+            if sharded:  # every process takes part in gathering, whatever happened to the folder
+                weights, optimizer_state = _gather_sharded(accelerator.unwrap_model(model), optimizer)
             if failure is None:
                 if accelerator.is_main_process:
-                    _save_weights(accelerator.unwrap_model(model), partial / "model.safetensors")
-                    save_state_file(partial / "optimizer.safetensors", optimizer.state_dict())
+                    if sharded:
+                        safetensors.torch.save_file(weights, str(partial / "model.safetensors"),
+                                                    metadata={"format": "pt"})
+                        save_state_file(partial / "optimizer.safetensors", optimizer_state)
+                    else:
+                        _save_weights(accelerator.unwrap_model(model), partial / "model.safetensors")
+                        save_state_file(partial / "optimizer.safetensors", optimizer.state_dict())
                     save_state_file(partial / "scheduler.safetensors", scheduler.state_dict())
                     if accelerator.scaler is not None:
                         save_state_file(partial / "scaler.safetensors", accelerator.scaler.state_dict())
@@ -266,8 +342,11 @@ class Checkpoints:
         check_signature(checkpoint, record["signature"], progress.signature)
         try:
             rng_state = load_state_file(rng_file)  # first: an unreadable RNG state must not pass unnoticed
-            safetensors.torch.load_model(accelerator.unwrap_model(model), str(checkpoint / "model.safetensors"))
-            optimizer.load_state_dict(load_state_file(checkpoint / "optimizer.safetensors"))
+            if is_sharded(accelerator.unwrap_model(model)):
+                _load_sharded(accelerator.unwrap_model(model), optimizer, checkpoint)
+            else:
+                safetensors.torch.load_model(accelerator.unwrap_model(model), str(checkpoint / "model.safetensors"))
+                optimizer.load_state_dict(load_state_file(checkpoint / "optimizer.safetensors"))
             scheduler.load_state_dict(load_state_file(checkpoint / "scheduler.safetensors"))
             if accelerator.scaler is not None:
                 accelerator.scaler.load_state_dict(load_state_file(checkpoint / "scaler.safetensors"))
@@ -292,12 +371,13 @@ def check_signature(checkpoint: Path, recorded: dict, expected: dict) -> None:
         )
 
 
-# Arguments that a resumed run may change: when to stop, what to log, how often to save, how to report. Any other
-# argument shapes what training does, and a resumed run must keep it (the scripts add their evaluation-only ones).
+# Arguments that a resumed run may change: when to stop, what to log, how often to save, how to report, whether to
+# recompute activations (the same gradients). Any other argument shapes what training does, and a resumed run must
+# keep it (the scripts add their evaluation-only ones).
 CHANGEABLE_ON_RESUME = frozenset({
     "output_dir", "resume", "max_steps", "num_epochs", "max_train_minutes", "max_steps_this_run", "logging_steps",
     "eval_steps", "save_steps", "keep_checkpoints", "average_last", "report_to", "force_bf16",
-    "requested_mixed_precision",
+    "requested_mixed_precision", "gradient_checkpointing",
 })
 # What an earlier run leaves in output_dir beside checkpoints/ and final/: thrown away by a fresh run when that run
 # saved no checkpoint (nothing of it can be resumed or used).
@@ -386,35 +466,77 @@ def _check_resumed_arguments(checkpoint: Path, record: dict, arguments: dict, ch
 
 @torch.no_grad()
 def average_checkpoints(model: torch.nn.Module, checkpoints: Sequence[Path]) -> None:
-    """Set the model's weights to the mean of the checkpoints' (the paper averages the last 5, section 6.1)."""
-    model = extract_model_from_parallel(model)
-    total = None
+    """Set the model's weights to the mean of the checkpoints' (the paper averages the last 5, section 6.1). The mean
+    is taken over the files, whole; a model sharded by FSDP2 keeps its slice of it (every process calls this)."""
+    total, dtypes = {}, {}
     for checkpoint in checkpoints:
-        safetensors.torch.load_model(model, checkpoint / "model.safetensors")  # resolves tied weights
-        state = model.state_dict()
-        if total is None:
-            total = {k: v.float().clone() for k, v in state.items() if v.is_floating_point()}
-        else:
-            for key in total:
-                total[key] += state[key].float()
-    dtypes = {k: v.dtype for k, v in model.state_dict().items()}
-    model.load_state_dict({k: (v / len(checkpoints)).to(dtypes[k]) for k, v in total.items()}, strict=False)
+        for key, value in safetensors.torch.load_file(checkpoint / "model.safetensors").items():
+            if value.is_floating_point():
+                dtypes[key] = value.dtype
+                total[key] = total[key] + value.float() if key in total else value.float()
+    mean = {key: (value / len(checkpoints)).to(dtypes[key]) for key, value in total.items()}
+    model = extract_model_from_parallel(model)
+    if is_sharded(model):
+        _set_sharded_weights(model, mean)
+    else:
+        model.load_state_dict(mean, strict=False)  # tied weights are stored once: loading one name sets both
 
 
-def save_final(model, tokenizer, output_dir: Path, arguments: dict, checkpoint: Path,
+def whole_weights(accelerator: Accelerator, model) -> dict:
+    """The whole weights of the prepared `model`, for `save_pretrained(state_dict=...)` on the main process. Every
+    process calls it: gathering the weights of a sharded model is a collective.
+
+    - FSDP2 (the parameters are DTensors): torch's consolidation onto the main process (the others get an empty
+      dict), the call `accelerator.get_state_dict` makes under FSDP2. The DTensors are recognised rather than
+      accelerate's setting, so that the CPU tests, where accelerate does not enable FSDP, run this path.
+    - Otherwise `accelerator.get_state_dict`: the model's own state_dict, or under DeepSpeed ZeRO-3 the weights
+      gathered in 16 bits (it needs `zero3_save_16bit_model: true`)."""
+    bare = accelerator.unwrap_model(model)
+    return _gather_weights(bare) if is_sharded(bare) else accelerator.get_state_dict(model)
+
+
+def save_whole_for_hub(model: torch.nn.Module, folder: Path, tokenizer, weights: dict) -> Path:
+    """`save_for_hub` of the bare `model` with the `weights` that `whole_weights` gathered (on the main process).
+    `fully_shard` gives a model that FSDP2 shards a class of its own (FSDP<Name>, defined in torch), which
+    save_pretrained would write into the folder as the model's class and code: a sharded model is saved through a
+    stand-in of its own class on the meta device (no memory), with its config and generation config."""
+    if is_sharded(model):
+        from torch.distributed.fsdp import FSDPModule
+
+        own_class = next(cls for cls in type(model).__mro__ if not issubclass(cls, FSDPModule))
+        with torch.device("meta"):
+            stand_in = own_class(model.config)
+        if model.can_generate():  # the beam size and length penalty the translation script chose
+            stand_in.generation_config = model.generation_config
+        model = stand_in
+    return save_for_hub(model, folder, tokenizer, state_dict=weights)
+
+
+def save_final(accelerator: Accelerator, model, tokenizer, output_dir: Path, arguments: dict, checkpoint: Path,
                extra: dict | None = None) -> Path:
-    """The trained model as a Hub-ready `output_dir/final` with its `training_args.json`, and `extra` {file name: JSON
-    content} beside it in `output_dir`. A failure there (a full disk: OSError, or safetensors' error without a file
-    name) says where the trained weights are and how to write final/ again."""
-    try:
-        final = save_for_hub(model, output_dir / "final", tokenizer)
-        (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
-        for name, content in (extra or {}).items():
-            (output_dir / name).write_text(json.dumps(content, indent=1) + "\n")
-    except Exception as error:
+    """The trained `model` (the prepared one) as a Hub-ready `output_dir/final` with its `training_args.json`, and
+    `extra` {file name: JSON content} beside it in `output_dir`. Every process calls it: they gather the weights of
+    a sharded model together (`whole_weights`), then the main process writes. A failure to write (a full disk:
+    OSError, or safetensors' error without a file name) raises on every process, saying where the trained weights
+    are and how to write final/ again."""
+    final = output_dir / "final"
+    weights = whole_weights(accelerator, model)
+    failure = None
+    if accelerator.is_main_process:
+        try:
+            save_whole_for_hub(accelerator.unwrap_model(model), final, tokenizer, weights)
+            (final / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
+            for name, content in (extra or {}).items():
+                (output_dir / name).write_text(json.dumps(content, indent=1) + "\n")
+        except Exception as error:
+            failure = error
+    failed = torch.tensor(float(failure is not None), device=accelerator.device)
+    if accelerator.num_processes > 1:
+        failed = accelerator.reduce(failed, "sum")
+    if failed.item() > 0:
+        reason = f"{type(failure).__name__}: {failure}" if failure is not None else "the main process failed"
         raise CheckpointError(
-            f"could not write {output_dir / 'final'} ({type(error).__name__}: {error}). Is the disk full? The "
-            f"trained weights are in {checkpoint}: free some space, then run the same command with --resume to write "
-            "final/"
-        ) from error
+            f"could not write {final} ({reason}). Is the disk full? The trained weights are in {checkpoint}: free "
+            "some space, then run the same command with --resume to write final/"
+        ) from failure
     return final

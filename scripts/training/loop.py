@@ -38,6 +38,10 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
 - Precision (`precision.py`): `--mixed_precision bf16` on a CPU without native bf16 trains in fp32 instead, with a
   warning, before any data is read (`--force_bf16` insists). What ran is what `training_args.json` records
   (`mixed_precision`; `requested_mixed_precision` beside it).
+- Engines (docs/scaling.md): one process, DDP on one or several machines, FSDP2. `make_accelerator` logs which runs
+  (`describe_engine`). Under FSDP2 every forward pass is a collective: evaluations give every process the same number
+  of forward passes (`evaluation_share`), checkpoints and the final folder hold the whole weights (checkpoints.py),
+  and `--gradient_checkpointing` is the model's own activation checkpointing (`prepare_for_training`).
 
 Multi-process on CPU, one machine (accelerate's `--cpu` launches a single process unless run under mpirun;
 torchrun's launcher with ACCELERATE_USE_CPU does it):
@@ -48,15 +52,16 @@ import contextlib
 import json
 import logging
 import math
+import os
 import signal
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 from accelerate import Accelerator, PartialState
-from accelerate.utils import parse_choice_from_env, parse_flag_from_env
+from accelerate.utils import DistributedType, parse_choice_from_env, parse_flag_from_env
 from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
@@ -127,6 +132,11 @@ class LoopArguments:
         default=1, metadata={"help": "average the weights of the last N checkpoints at the end (paper: 5)"}
     )
     resume: bool = field(default=False, metadata={"help": "continue from the latest checkpoint in output_dir"})
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "recompute each layer in the backward pass instead of keeping its "
+                                         "activations: less memory, one more forward pass per step, the same gradients "
+                                         "(the model's own activation checkpointing; use it rather than FSDP's)"}
+    )
     report_to: str | None = field(default=None, metadata={"help": "accelerate tracker(s): tensorboard, wandb, all"})
     # Not an option: set by make_accelerator, which also sets mixed_precision to the precision that runs, so that
     # training_args.json records what ran and what was asked for.
@@ -181,7 +191,39 @@ def make_accelerator(args: LoopArguments) -> Accelerator:
                          f"{accelerator.device.type}; use bf16 on CPU, fp16 or bf16 on GPU")
     args.requested_mixed_precision = requested
     args.mixed_precision = accelerator.mixed_precision
+    accelerator.print(describe_engine(accelerator))
     return accelerator
+
+
+def describe_engine(accelerator: Accelerator) -> str:
+    """One line for the log: the engine that runs the training (none, DDP, FSDP, DeepSpeed ZeRO), processes and
+    machines. The machines are counted from the launcher's processes per machine (torchrun's LOCAL_WORLD_SIZE)."""
+    kind = accelerator.distributed_type
+    if kind == DistributedType.NO:
+        engine = "none (one process)"
+    elif kind == DistributedType.FSDP:
+        engine = f"FSDP{getattr(accelerator.state.fsdp_plugin, 'fsdp_version', 1)}"
+    elif kind == DistributedType.DEEPSPEED:
+        engine = f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
+    elif kind.value.startswith("MULTI_"):
+        engine = f"DDP ({kind.value.removeprefix('MULTI_')})"
+    else:
+        engine = kind.value
+    processes = accelerator.num_processes
+    machines = max(1, processes // int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
+    return (f"engine: {engine}, {processes} process{'es' * (processes > 1)} on {machines} "
+            f"machine{'s' * (machines > 1)}, {accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
+
+
+def prepare_for_training(accelerator: Accelerator, args: LoopArguments, model, optimizer, scheduler) -> tuple:
+    """`accelerator.prepare(model, optimizer, scheduler)` for `train()`, after what must come before it: with
+    --gradient_checkpointing the model's own activation checkpointing, which recomputes each layer in the backward
+    pass with the forward pass's RNG state, so that dropout draws the same masks and the gradients are those of the
+    loss computed (accelerate's `fsdp_activation_checkpointing` does not restore the RNG state: docs/scaling.md)."""
+    if args.gradient_checkpointing:
+        # the name since transformers 5.23 (gradient_checkpointing_enable before, deprecated since)
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    return accelerator.prepare(model, optimizer, scheduler)
 
 
 # --------------------------------------------------------------------------------- optimizer and schedule
@@ -275,9 +317,10 @@ class TrainingTask:
     count_items(batch): the items the loss is averaged over (default: labels != -100).
     count_tokens(batch): the tokens reported as throughput (default: the source tokens, attention_mask, plus the
         target tokens, labels != -100; a masked LM, whose labels are a subset of its inputs, counts its inputs).
-    evaluate(model): {name: value} on held-out data, run on every process (shard the work, gather the result);
-        `model` is the prepared one, in eval mode: use `accelerator.unwrap_model(model)` for forward passes that
-        not every process makes the same number of times (a DDP forward is a collective).
+    evaluate(model): {name: value} on held-out data, run on every process: each scores its share and the results
+        are gathered. `model` is the prepared one, in eval mode. Every process must make the same number of forward
+        passes (`evaluation_share`), as a model sharded by FSDP2 needs, and generate with `synced_gpus=True` when it
+        is sharded (`checkpoints.is_sharded`): processes that finish first keep stepping with the others.
     signature: what fixes the data order (e.g. max_tokens, dataset size); a checkpoint made with other values is
         refused, since resuming it would not reproduce the interrupted run.
     """
@@ -305,18 +348,41 @@ class TrainOutcome:
     metrics: dict  # the evaluation at the last step ({} when stopped early or without `task.evaluate`)
 
 
+def evaluation_share(items: Sequence, num_processes: int, process_index: int) -> tuple[list, list]:
+    """(this process's share of `items`, padding): every num_processes-th item from the process's own index, and
+    copies of the first item up to the size of the largest share. Score the share; run the padding through the
+    model too, without counting it. Every process then makes the same number of forward passes (or `generate`
+    calls), as a model sharded by FSDP2 needs: each of its forward passes is a collective. Under DDP and in one
+    process the scores are those of the share alone."""
+    mine = list(items[process_index::num_processes])
+    missing = -(-len(items) // num_processes) - len(mine)  # the largest share's size, less this one's
+    return mine, [items[0]] * missing if missing else []
+
+
 @torch.no_grad()
-def mean_loss(accelerator: Accelerator, model: torch.nn.Module, batches: Iterable[dict]) -> float:
-    """Validation loss per item (target token, masked token): each process passes its share of the batches; the
-    summed losses and item counts (labels != -100) of all processes are added up. The model must reduce its loss
-    as sum / num_items_in_batch. Runs the bare model: a DDP forward is a collective, and the shares may differ."""
+def mean_loss(accelerator: Accelerator, model: torch.nn.Module, batches: Sequence,
+              collate: Callable[[object], dict] = lambda batch: batch) -> float:
+    """Validation loss per item (target token, masked token) over `batches`, the same list on every process: each
+    process scores its share (`evaluation_share`), `collate` making each of its batches a dict of tensors (default:
+    they are already), and the summed losses and item counts (labels != -100) of all processes are added up. The
+    model must reduce its loss as sum / num_items_in_batch. Runs the bare model: a DDP forward is a collective (its
+    buffer broadcast), which an evaluation in eval mode does not need."""
     model = accelerator.unwrap_model(model)
-    totals = torch.zeros(2, device=accelerator.device)  # summed loss, items
-    for batch in batches:
-        batch = _to_device(batch, accelerator.device)
+    mine, padding = evaluation_share(batches, accelerator.num_processes, accelerator.process_index)
+
+    def summed_loss(batch) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = _to_device(collate(batch), accelerator.device)
         with accelerator.autocast():
-            totals[0] += model(**batch, num_items_in_batch=1).loss.float()  # num_items_in_batch=1: the sum
-        totals[1] += (batch["labels"] != -100).sum()
+            loss = model(**batch, num_items_in_batch=1).loss.float()  # num_items_in_batch=1: the sum
+        return loss, (batch["labels"] != -100).sum()
+
+    totals = torch.zeros(2, device=accelerator.device)  # summed loss, items
+    for batch in mine:
+        loss, items = summed_loss(batch)
+        totals[0] += loss
+        totals[1] += items
+    for batch in padding:  # the same number of forward passes on every process; not counted
+        summed_loss(batch)
     totals = accelerator.reduce(totals, "sum")
     if totals[1] == 0:
         raise DataError("the validation data gives no item to score (no target or masked token): give more "

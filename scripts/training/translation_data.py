@@ -2,18 +2,22 @@
 (one sentence per line per language, plain or .gz; TSV with a header; JSON lines), or a `datasets` Hub id.
 
 `load_parallel(split, corpus)` gives a `datasets.Dataset` with columns `source` and `target`; `tokenize_pairs`
-adds token ids (cached on disk by `datasets.map`, keyed by the data and the tokenizer); `trainable_pairs` drops
-pairs with an empty side or longer than the maximum length, and says how many (`PairCounts.check`: a warning with
-the counts, an error when nothing is left). A file that cannot be read as it should (missing, empty, not UTF-8, a
-truncated .gz, a ragged TSV line, a JSON line that is no object or holds a number where the text should be) is a
-`DataError` naming the file and the line; the files are read by our own readers (`text_lines`), not by datasets'
-generic loaders, whose errors name neither.
+adds token ids (cached on disk by `datasets.map`, keyed by the data and the tokenizer, in several processes for a
+large corpus: `map_processes`); `trainable_pairs` drops pairs with an empty side or longer than the maximum length,
+and says how many (`PairCounts.check`: a warning with the counts, an error when nothing is left); `pair_lengths`
+gives the lengths that batches are cut from. The text and the token ids stay on disk, in Arrow files that
+`datasets` memory-maps: a corpus larger than memory trains, and a second run reads the ids back in seconds.
+
+A file that cannot be read as it should (missing, empty, not UTF-8, a truncated .gz, a ragged TSV line, a JSON line
+that is no object or holds a number where the text should be) is a `DataError` naming the file and the line; the
+files are read by our own readers (`text_lines`), not by datasets' generic loaders, whose errors name neither.
 """
 
 import gzip
 import hashlib
 import itertools
 import json
+import os
 import warnings
 import zlib
 from collections.abc import Iterator
@@ -25,7 +29,7 @@ import numpy as np
 
 from vanilla_transformer.training.errors import DataError, DataFileNotFoundError, DataWarning
 
-TOKENIZATION_VERSION = "1"  # bump when tokenize_pairs changes what it writes: old caches are then not reused
+TOKENIZATION_VERSION = "2"  # bump when tokenize_pairs changes what it writes: old caches are then not reused
 
 
 def babel_pairs(source_lang: str = "de", target_lang: str = "en") -> list[tuple[str, str]]:
@@ -322,7 +326,8 @@ def tokenize_pairs(pairs: datasets.Dataset, tokenizer) -> datasets.Dataset:
     """Add `input_ids` and `labels` (each ending in </s>), their lengths, and `empty` (a side is missing or blank).
 
     Cached by `datasets.map` beside the data's own cache files, under a name derived from those files and the
-    tokenizer's full definition: a second run with the same data and tokenizer reads the ids from disk."""
+    tokenizer's full definition: a second run with the same data and tokenizer reads the ids from disk. A large
+    corpus is tokenized by several processes (`map_processes`); the ids are stored as int32."""
     key = hashlib.sha256(
         json.dumps(
             [tokenizer.backend_tokenizer.to_str(), [f["filename"] for f in pairs.cache_files], len(pairs),
@@ -334,16 +339,35 @@ def tokenize_pairs(pairs: datasets.Dataset, tokenizer) -> datasets.Dataset:
         _tokenize_batch,
         batched=True,
         fn_kwargs={"tokenizer": tokenizer},
+        features=TOKENIZED_FEATURES,
+        num_proc=map_processes(len(pairs)),
         cache_file_name=str(cache_file) if cache_file else None,
         new_fingerprint=key,
         desc="tokenizing",
     )
 
 
+TOKENIZED_FEATURES = datasets.Features({
+    "source": datasets.Value("string"), "target": datasets.Value("string"),
+    "input_ids": datasets.List(datasets.Value("int32")), "labels": datasets.List(datasets.Value("int32")),
+    "source_length": datasets.Value("int32"), "target_length": datasets.Value("int32"), "empty": datasets.Value("bool"),
+})
+
+
+def map_processes(rows: int, per_process: int = 100_000) -> int | None:
+    """How many processes `datasets.map` should tokenize `rows` examples with: one per CPU core this process may
+    use (at most one per `per_process` rows: starting a process costs about a second); None, the map's own
+    process, for a small corpus. A second run finds the cached result whatever this says (datasets reuses the
+    shards it wrote)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    processes = min(cores, rows // per_process)
+    return processes if processes > 1 else None
+
+
 def _tokenize_batch(batch: dict, tokenizer) -> dict:
     sources = [text if isinstance(text, str) else "" for text in batch["source"]]  # None: a missing value
     targets = [text if isinstance(text, str) else "" for text in batch["target"]]
-    encoded = tokenizer(sources, text_target=targets)
+    encoded = tokenizer(sources, text_target=targets, return_attention_mask=False)
     return {
         "input_ids": encoded["input_ids"],
         "labels": encoded["labels"],
@@ -383,7 +407,7 @@ class PairCounts:
 
 def trainable_pairs(tokenized: datasets.Dataset, max_length: int) -> tuple[datasets.Dataset, PairCounts]:
     """Drop the pairs with an empty side, and those with a side longer than `max_length` tokens (</s> included)."""
-    columns = tokenized.with_format("numpy", columns=["source_length", "target_length", "empty"])[:]
+    columns = numpy_columns(tokenized, ["source_length", "target_length", "empty"])
     empty = columns["empty"].astype(bool)
     too_long = ~empty & (np.maximum(columns["source_length"], columns["target_length"]) > max_length)
     keep = np.flatnonzero(~empty & ~too_long)
@@ -394,5 +418,12 @@ def trainable_pairs(tokenized: datasets.Dataset, max_length: int) -> tuple[datas
 def pair_lengths(tokenized: datasets.Dataset) -> np.ndarray:
     """Per pair, the longer side in tokens: a batch of n pairs padded to its longest is n x max(lengths) tokens,
     on each of the source and the target side."""
-    columns = tokenized.with_format("numpy", columns=["source_length", "target_length"])[:]
+    columns = numpy_columns(tokenized, ["source_length", "target_length"])
     return np.maximum(columns["source_length"], columns["target_length"])
+
+
+def numpy_columns(dataset: datasets.Dataset, columns: list[str]) -> dict[str, np.ndarray]:
+    """Whole columns of numbers as numpy arrays, read from the Arrow file column by column. (datasets' "numpy"
+    format makes a Python object per row of a file in several chunks: seconds and gigabytes for millions of rows.)"""
+    table = dataset.with_format("arrow", columns=columns)[:]
+    return {column: table[column].to_numpy() for column in columns}

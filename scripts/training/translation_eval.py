@@ -46,19 +46,31 @@ class SourceLengthLimit(LogitsProcessor):
         return scores
 
 
+def generation_batches(sources: list[str], batch_size: int) -> list[list[int]]:
+    """Indices of `sources` in batches of `batch_size`, in order of source length (little padding)."""
+    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
+    return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+
+
 @torch.no_grad()
+def translate_batch(model, tokenizer, sources: list[str], max_length_factor: float = 2.0,
+                    **generate_kwargs) -> list[str]:
+    """One `generate` call on `sources` together (`synced_gpus=True` among `generate_kwargs` for a sharded model)."""
+    batch = tokenizer(sources, padding=True, truncation=True, max_length=model.config.max_position_embeddings,
+                      return_tensors="pt").to(model.device)
+    limit = SourceLengthLimit(batch["attention_mask"].sum(1), tokenizer.eos_token_id, max_length_factor)
+    output = model.generate(**batch, logits_processor=LogitsProcessorList([limit]), **generate_kwargs)
+    return tokenizer.batch_decode(output, skip_special_tokens=True)
+
+
 def translate(model, tokenizer, sources: list[str], batch_size: int = 64, show_progress: bool = False,
               max_length_factor: float = 2.0, **generate_kwargs) -> list[str]:
     """Batched generation, in order of source length (little padding); the results in the order of `sources`.
     `generate_kwargs` override the model's generation config (num_beams, length_penalty, max_new_tokens...)."""
-    order = sorted(range(len(sources)), key=lambda i: len(sources[i]))
     translations = [""] * len(sources)
-    for start in tqdm(range(0, len(order), batch_size), desc="translating", unit="batch", disable=not show_progress):
-        chunk = order[start : start + batch_size]
-        batch = tokenizer([sources[i] for i in chunk], padding=True, truncation=True,
-                          max_length=model.config.max_position_embeddings, return_tensors="pt").to(model.device)
-        limit = SourceLengthLimit(batch["attention_mask"].sum(1), tokenizer.eos_token_id, max_length_factor)
-        output = model.generate(**batch, logits_processor=LogitsProcessorList([limit]), **generate_kwargs)
-        for i, text in zip(chunk, tokenizer.batch_decode(output, skip_special_tokens=True)):
+    for chunk in tqdm(generation_batches(sources, batch_size), desc="translating", unit="batch",
+                      disable=not show_progress):
+        texts = translate_batch(model, tokenizer, [sources[i] for i in chunk], max_length_factor, **generate_kwargs)
+        for i, text in zip(chunk, texts):
             translations[i] = text
     return translations

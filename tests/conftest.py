@@ -290,11 +290,28 @@ def run_mlm():
 
 
 def _free_port() -> int:
+    """A port nothing listens on, for a rendezvous. Under pytest-xdist each worker draws from a range of its own: the
+    OS's next free port, probed by two workers at once, could be the same one, and two launches rendezvousing on one
+    port mix their processes and wait for each other forever."""
+    import random
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    worker = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+    low = 20_000 + 2_000 * (worker % 10)  # below Linux's ephemeral range (32768-60999)
+    for port in random.Random().sample(range(low, low + 2_000), 2_000):
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError(f"no free port in {low}-{low + 1_999}")
+
+
+@pytest.fixture(scope="session")
+def free_port():
+    """free_port() -> a port for a rendezvous (see _free_port)."""
+    return _free_port
 
 
 def _launch_command(num_processes: int, mixed_precision: str = "no") -> list[str]:

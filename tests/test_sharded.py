@@ -23,7 +23,6 @@ import json
 import multiprocessing
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -61,12 +60,6 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "scripts" / "accelerate_configs"
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 # ------------------------------------------------------------------------------------------ multi-node DDP
 
 
@@ -99,7 +92,7 @@ def _machines(argv: list[str], port: int, logs: Path):
 
 
 def test_two_machines_on_the_loopback_train_to_the_weights_of_one_process_with_the_same_global_batch(
-        tmp_path, run_translation, translation_args, write_translation_corpus, log_records):
+        tmp_path, run_translation, translation_args, write_translation_corpus, log_records, free_port):
     """DDP over two machines (one process each) against one process: the weights, every logged figure (loss, gradient
     norm, learning rate, validation loss, BLEU, chrF) and the final folder. One launch covers DDP across processes;
     test_accelerate.py launches 2 processes on one machine (Ctrl-C and resume)."""
@@ -107,7 +100,7 @@ def test_two_machines_on_the_loopback_train_to_the_weights_of_one_process_with_t
     # 8 micro-batches an epoch: into epoch 1. Dropout off: each process draws its own masks, so with dropout the runs
     # agree in distribution only.
     common = ["--max_steps", "5", "--dropout", "0", "--save_steps", "5", "--eval_steps", "3"]
-    with _machines(translation_args(corpus, tmp_path / "two", *common), _free_port(), tmp_path / "logs") as machines:
+    with _machines(translation_args(corpus, tmp_path / "two", *common), free_port(), tmp_path / "logs") as machines:
         # meanwhile the reference: one process, the same global batch in 2 accumulated micro-batches
         one = run_translation(translation_args(corpus, tmp_path / "one", *common, "--gradient_accumulation_steps", "2"))
         deadline = time.monotonic() + 240
@@ -308,10 +301,10 @@ def _consolidated(model_class, config, sharded: Path):
 # torch.distributed.checkpoint warns when it reads a sharded save in one process, which is the point here
 @pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 def test_fsdp2_sharded_training_takes_the_unsharded_steps_evaluates_and_saves_whole_hub_ready_weights(
-        tmp_path, tiny_transformer_config, tiny_bert_config):
+        tmp_path, tiny_transformer_config, tiny_bert_config, free_port):
     cases = _cases(tiny_transformer_config, tiny_bert_config)
     fork = multiprocessing.get_context("fork")  # the imports are done: a forked worker starts at once
-    port = _free_port()
+    port = free_port()
     workers = [fork.Process(target=_fsdp_worker, args=(rank, port, tmp_path, cases)) for rank in range(WORLD)]
     for worker in workers:
         worker.start()

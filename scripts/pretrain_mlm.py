@@ -98,6 +98,7 @@ from vanilla_transformer.training.logs import plot_log
 from vanilla_transformer.training.loop import (
     LoopArguments,
     TrainingTask,
+    end_run,
     evaluation_share,
     loop_optimizer,
     make_accelerator,
@@ -536,7 +537,8 @@ def run(args: PretrainArguments, loop: LoopArguments):
     if not outcome.completed:
         accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
                           "the same command and --resume")
-        accelerator.end_training()
+        model = accelerator.unwrap_model(model)  # see end_run
+        end_run(accelerator)
         return outcome
     final = save_final(accelerator, model, tokenizer, output_dir, arguments, outcome.checkpoint)  # every process
     if accelerator.is_main_process:
@@ -547,8 +549,8 @@ def run(args: PretrainArguments, loop: LoopArguments):
                           f"{metrics['val_accuracy']:.1%} (always {tokenizer.convert_ids_to_tokens(frequent_token)!r}: "
                           f"{metrics['val_frequency_baseline']:.1%}); saved {final}, curves in "
                           f"{output_dir / 'training_curves.png'}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    model = accelerator.unwrap_model(model)  # see end_run
+    end_run(accelerator)
     return outcome
 
 

@@ -67,6 +67,7 @@ from vanilla_transformer.training.logs import plot_log
 from vanilla_transformer.training.loop import (
     LoopArguments,
     TrainingTask,
+    end_run,
     evaluation_share,
     loop_optimizer,
     make_accelerator,
@@ -243,7 +244,8 @@ def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments
     if not outcome.completed:
         accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
                           "the same command and --resume")
-        accelerator.end_training()
+        model = accelerator.unwrap_model(model)  # see end_run
+        end_run(accelerator)
         return outcome
 
     model.eval()
@@ -255,8 +257,8 @@ def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments
         plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
         accelerator.print(f"saved {final} (beam {args.num_beams}, length penalty {choice['length_penalty']}, "
                           f"weights: {choice['weights']}); curves in {output_dir / 'training_curves.png'}")
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    model = accelerator.unwrap_model(model)  # see end_run
+    end_run(accelerator)
     return outcome
 
 

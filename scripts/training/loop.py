@@ -528,6 +528,18 @@ def train(
                         checkpoints.all()[-1], last_eval.get("metrics", {}) if completed else {})
 
 
+def end_run(accelerator: Accelerator) -> None:
+    """The end of a run, called by every process after it has rebound its prepared model to the bare one
+    (`model = accelerator.unwrap_model(model)`, which closures over `model` see too). The DDP wrapper holds the
+    process group; freed only when the run's function returns, after another process has exited, its gloo threads
+    wait for that process forever (seen with 2 processes under accelerate launch). So: drop accelerate's references
+    (the wrapper is freed here, every process still present), wait for all, then destroy the process group."""
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
 def _set_aside_final(accelerator, output_dir: Path, step: int) -> None:
     """A resumed run that trains on makes final/ of the run it continues stale: keep it, as final-step-N, rather
     than leave it beside the newer checkpoints as if it were their model (or overwrite it at the end)."""

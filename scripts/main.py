@@ -102,7 +102,7 @@ class MainArguments:
     bert_max_steps: int | None = field(default=None, metadata={"help": "stop MLM training earlier, at this step"})
     bert_learning_rate: float = BUDGET_PRESET["learning_rate"]
     bert_warmup_steps: int = BUDGET_PRESET["warmup_steps"]
-    bert_held_out: int = field(default=200, metadata={"help": "documents kept out of training: MLM accuracy, "
+    bert_held_out: int = field(default=400, metadata={"help": "documents kept out of training: MLM accuracy, "
                                                              "perplexity"})
 
     def __post_init__(self):
@@ -236,6 +236,7 @@ def bert_job(args: MainArguments) -> Path:
         hidden_dropout_prob=BUDGET_PRESET["dropout"],
         attention_probs_dropout_prob=BUDGET_PRESET["dropout"],
         normalize_before=BUDGET_PRESET["pre_ln"],
+        initializer_range=BUDGET_PRESET["initializer_range"],
     )
     model = VanillaBertForMaskedLM(config)
     print(f"[bert] tokenizer: {len(tokenizer)} WordPiece tokens; {len(train_blocks)} blocks of {args.block_size} "

@@ -122,16 +122,21 @@ DEFAULT_SIZE = {"hidden_size": 256, "num_hidden_layers": 4, "num_attention_heads
 # --preset budget: pretraining for a few minutes on a CPU, after Cramming (Geiping and Goldstein 2023) and what
 # measurement on 2 CPU cores showed (docs/mlm.md#a-few-minutes-on-a-cpu-the-budget-preset): no dropout (a few passes
 # do not overfit; dropout only slows learning), pre-LN, one learning-rate cycle that ends with the time budget
-# (--max_train_minutes: a slower machine takes fewer steps and still anneals to 0), sparse prediction, a small model
-# and vocabulary, and short blocks: 16-token blocks left the masked-LM plateau (always ".", "the") within the budget
-# where 64-token blocks did not. Options given on the command line win over the preset.
+# (--max_train_minutes: a slower machine takes fewer steps and still anneals to 0), sparse prediction, a small model,
+# a small vocabulary (2,000 pieces: fewer rows to learn, more frequent pieces) and short blocks: 16-token blocks left
+# the masked-LM plateau (always ".", "the") within the budget where 64-token blocks did not; and an initialisation
+# scaled to the width: BERT's 0.02 was chosen for 768-wide layers; at 128 wide the attention logits start with a
+# spread of ~0.05 (BERT-base: ~0.3), attention stays uniform, and the model can spend the whole budget on the plateau
+# before it learns where to look. 0.05 (about 0.02 * sqrt(768 / 128)) gives a 128-wide model BERT-base's starting
+# scale. Options given on the command line win over the preset.
 BUDGET_PRESET = {
-    "vocab_size": 4000, "block_size": 16, "batch_size": 64, "hidden_size": 128, "num_hidden_layers": 2,
-    "num_attention_heads": 2, "intermediate_size": 512, "dropout": 0.0, "pre_ln": True,
+    "vocab_size": 2000, "block_size": 16, "batch_size": 64, "hidden_size": 128, "num_hidden_layers": 2,
+    "num_attention_heads": 2, "intermediate_size": 512, "dropout": 0.0, "pre_ln": True, "initializer_range": 0.05,
     "lr_schedule": "one_cycle", "learning_rate": 3e-3, "warmup_steps": 200, "weight_decay": 0.01,
     "max_train_minutes": 5.0,
 }
 PRESETS = {"budget": BUDGET_PRESET}
+NEW_MODEL_ONLY = (*DEFAULT_SIZE, "dropout", "pre_ln", "initializer_range")  # a checkpoint's config fixes these
 BLOCKS_VERSION = "1"  # bump when tokenize_blocks changes what it writes: old caches are then not reused
 
 
@@ -165,6 +170,10 @@ class PretrainArguments:
                                         "BERT's 0.1)"}
     )
     pre_ln: bool = field(default=False, metadata={"help": "new model only: pre-LN layers (default BERT's post-LN)"})
+    initializer_range: float | None = field(
+        default=None, metadata={"help": "new model only: standard deviation of the normal initialisation of weight "
+                                        "matrices and embeddings (default BERT's 0.02, chosen for 768-wide layers)"}
+    )
     block_size: int = field(default=128, metadata={"help": "tokens per training sequence, [CLS] included"})
     batch_size: int = field(default=32, metadata={"help": "blocks per micro-batch and process"})
     eval_batch_size: int = field(default=64, metadata={"help": "blocks per validation batch"})
@@ -186,6 +195,7 @@ class PretrainArguments:
             raise ArgumentError(f"--preset {self.preset}: choose from {', '.join(PRESETS)}")
         given = [name for name in DEFAULT_SIZE if getattr(self, name) is not None]
         given += ["dropout"] * (self.dropout is not None) + ["pre_ln"] * self.pre_ln
+        given += ["initializer_range"] * (self.initializer_range is not None)
         if self.model_name_or_path and given:
             raise ArgumentError(f"--{', --'.join(given)}: the size of {self.model_name_or_path} is fixed by its config")
         if self.block_size < 2:
@@ -195,6 +205,8 @@ class PretrainArguments:
                 raise ArgumentError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.dropout is not None and not 0 <= self.dropout < 1:
             raise ArgumentError(f"--dropout {self.dropout}: a probability, at least 0 and below 1")
+        if self.initializer_range is not None and not self.initializer_range > 0:
+            raise ArgumentError(f"--initializer_range {self.initializer_range}: a standard deviation, above 0")
         if self.vocab_size <= 5:
             raise ArgumentError(f"--vocab_size {self.vocab_size}: the WordPiece has 5 special tokens; give more")
         if not 0 < self.mlm_probability <= 1:
@@ -202,12 +214,13 @@ class PretrainArguments:
                                 "above 0 (0 trains and scores nothing) and at most 1")
 
     def model_size(self) -> dict:
-        """A new model's config arguments: its size, dropout and layer norm placement."""
+        """A new model's config arguments: its size, dropout, layer norm placement and initialisation."""
         size = {name: default if getattr(self, name) is None else getattr(self, name)
                 for name, default in DEFAULT_SIZE.items()}
         dropout = {} if self.dropout is None else {"hidden_dropout_prob": self.dropout,
                                                    "attention_probs_dropout_prob": self.dropout}
-        return {**size, **dropout, "normalize_before": self.pre_ln}
+        init = {} if self.initializer_range is None else {"initializer_range": self.initializer_range}
+        return {**size, **dropout, **init, "normalize_before": self.pre_ln}
 
 
 # ------------------------------------------------------------------------------------------------------ data
@@ -560,9 +573,13 @@ def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopAr
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     first = argparse.ArgumentParser(add_help=False)
     first.add_argument("--preset")
-    preset = first.parse_known_args(argv)[0].preset
-    if preset in PRESETS:  # an unknown name is refused by PretrainArguments
-        parser.set_defaults(**PRESETS[preset])
+    first.add_argument("--model_name_or_path", "--model-name-or-path")
+    given = first.parse_known_args(argv)[0]
+    if given.preset in PRESETS:  # an unknown name is refused by PretrainArguments
+        recipe = PRESETS[given.preset]
+        if given.model_name_or_path:  # the checkpoint's config fixes these; the preset sets the rest of the recipe
+            recipe = {name: value for name, value in recipe.items() if name not in NEW_MODEL_ONLY}
+        parser.set_defaults(**recipe)
     return parser.parse_args_into_dataclasses(args=argv)
 
 

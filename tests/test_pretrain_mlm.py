@@ -286,13 +286,22 @@ def test_budget_preset_sets_the_recipe_and_options_given_win(tmp_path):
         "one_cycle", recipe["learning_rate"], recipe["max_train_minutes"])
     config = pretrain_mlm.model_config(args)
     assert (config.hidden_size, config.num_hidden_layers, config.hidden_dropout_prob,
-            config.attention_probs_dropout_prob, config.normalize_before) == (
-        recipe["hidden_size"], recipe["num_hidden_layers"], 0.0, 0.0, True)
+            config.attention_probs_dropout_prob, config.normalize_before, config.initializer_range) == (
+        recipe["hidden_size"], recipe["num_hidden_layers"], 0.0, 0.0, True, recipe["initializer_range"])
     args, loop = pretrain_mlm.parse_args([*files, "--preset", "budget", "--learning_rate", "1e-3",
                                           "--block_size", "128"])
     assert (loop.learning_rate, args.block_size, loop.lr_schedule) == (1e-3, 128, "one_cycle")
     args, loop = pretrain_mlm.parse_args([*files, "--max_steps", "1"])  # without it: BERT's defaults
     assert (args.dropout, args.pre_ln, loop.lr_schedule) == (None, False, "inverse_sqrt")
     assert pretrain_mlm.model_config(args).hidden_dropout_prob == 0.1
+    assert pretrain_mlm.model_config(args).initializer_range == 0.02
+    args, _ = pretrain_mlm.parse_args([*files, "--preset", "budget", "--initializer_range", "0.03"])
+    assert pretrain_mlm.model_config(args).initializer_range == 0.03
+    # continuing a checkpoint: the preset's schedule and blocks apply, its model size, dropout and init do not
+    args, loop = pretrain_mlm.parse_args([*files, "--preset", "budget", "--model_name_or_path", "ckpt"])
+    assert (args.block_size, loop.lr_schedule, args.hidden_size, args.dropout, args.initializer_range) == (
+        recipe["block_size"], "one_cycle", None, None, None)
+    with pytest.raises(ValueError, match="--dropout: the size of ckpt is fixed by its config"):
+        pretrain_mlm.parse_args([*files, "--preset", "budget", "--model_name_or_path", "ckpt", "--dropout", "0.1"])
     with pytest.raises(ValueError, match="--preset huge: choose from budget"):
         pretrain_mlm.parse_args([*files, "--preset", "huge", "--max_steps", "1"])

@@ -305,3 +305,31 @@ def test_budget_preset_sets_the_recipe_and_options_given_win(tmp_path):
         pretrain_mlm.parse_args([*files, "--preset", "budget", "--model_name_or_path", "ckpt", "--dropout", "0.1"])
     with pytest.raises(ValueError, match="--preset huge: choose from budget"):
         pretrain_mlm.parse_args([*files, "--preset", "huge", "--max_steps", "1"])
+
+
+def _starting_logit_spread(hidden_size: int, heads: int, initializer_range: float) -> float:
+    """The standard deviation of the first layer's attention logits q.k / sqrt(d) at initialisation, on unit-variance
+    inputs (what the pre-LN norm hands the attention)."""
+    torch.manual_seed(0)
+    model = VanillaBertForMaskedLM(VanillaBertConfig(
+        vocab_size=100, hidden_size=hidden_size, num_hidden_layers=1, num_attention_heads=heads,
+        intermediate_size=4, normalize_before=True, initializer_range=initializer_range))
+    attention = next(module for module in model.modules() if hasattr(module, "q_proj"))
+    x = torch.nn.functional.layer_norm(torch.randn(64, hidden_size), (hidden_size,))
+    d = hidden_size // heads
+    with torch.no_grad():
+        q = attention.q_proj(x).view(64, heads, d).transpose(0, 1)
+        k = attention.k_proj(x).view(64, heads, d).transpose(0, 1)
+        return float((q @ k.transpose(1, 2) / math.sqrt(d)).std())
+
+
+def test_budget_initialisation_gives_a_narrow_model_bert_bases_starting_attention():
+    """docs/mlm.md: BERT's 0.02 (chosen for 768-wide layers) starts a 128-wide model's attention logits ~6x closer
+    together than BERT-base's; the preset's initializer_range brings them to BERT-base's spread."""
+    bert_base = _starting_logit_spread(768, 12, 0.02)
+    narrow = _starting_logit_spread(128, 2, 0.02)
+    preset = _starting_logit_spread(pretrain_mlm.BUDGET_PRESET["hidden_size"],
+                                    pretrain_mlm.BUDGET_PRESET["num_attention_heads"],
+                                    pretrain_mlm.BUDGET_PRESET["initializer_range"])
+    assert narrow < bert_base / 4
+    assert preset == pytest.approx(bert_base, rel=0.2)

@@ -273,6 +273,11 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         return self.lm_head.decoder
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
+        if type(value) is nn.Linear:  # resize_token_embeddings builds a plain Linear: keep the fused loss's module
+            projection = VocabularyProjection(value.in_features, value.out_features, bias=value.bias is not None,
+                                              device="meta")
+            projection.weight, projection.bias = value.weight, value.bias  # the same parameters, not copies
+            value = projection
         self.lm_head.decoder = value
 
     def forward(
@@ -318,8 +323,7 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
             hidden_states = hidden_states.flatten(0, 1)[masked]  # (N, D)
         loss = None
         chunked = masked is not None and masked.numel() > 0 and not torch.compiler.is_compiling()
-        # (resize_token_embeddings puts a plain nn.Linear in place of the VocabularyProjection: the usual path then)
-        chunked = chunked and isinstance(self.lm_head.decoder, VocabularyProjection)
+        chunked = chunked and isinstance(self.lm_head.decoder, VocabularyProjection)  # (a user's own head: not)
         if chunked and not torch.is_autocast_enabled(hidden_states.device.type):
             # Sparse prediction: the projection onto the vocabulary and the loss together, chunk by chunk (the
             # same values, faster on CPU, no log-softmax tensor); under autocast the usual path keeps its casts.

@@ -24,6 +24,7 @@ from vanilla_transformer.modeling import (
     VanillaTransformerModel,
 )
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla, convert_vanilla_to_bert
+from vanilla_transformer.modeling.modeling_vanilla_bert import VocabularyProjection
 
 HEADS = [
     VanillaBertModel,
@@ -261,6 +262,20 @@ def test_resize_token_embeddings_keeps_the_tie_and_the_checks(tiny_bert_config):
     assert model(ids, labels=ids).logits.shape == (1, 2, 120)
     with pytest.raises(ValueError, match="token id 120, outside the vocabulary of 120"):
         model(torch.tensor([[5, 120]]))
+    # the resized head is still the projection whose forward computes the sparse-prediction loss fused (fast_loss.py),
+    # also untied, where transformers builds a new plain nn.Linear for it
+    assert isinstance(model.lm_head.decoder, VocabularyProjection)
+    untied = VanillaBertForMaskedLM(tiny_bert_config(tie_word_embeddings=False))
+    untied.resize_token_embeddings(120, mean_resizing=False)
+    assert isinstance(untied.lm_head.decoder, VocabularyProjection) and untied.lm_head.decoder.weight.shape == (120, 32)
+    assert untied.lm_head.decoder.weight is not untied.bert.embeddings.embed_tokens.weight
+    torch.manual_seed(1)
+    ids, labels = torch.randint(5, 120, (3, 9)), torch.full((3, 9), -100)
+    labels[:, [2, 5]] = ids[:, [2, 5]]
+    for resized in (model, untied):
+        logits = resized(ids).logits  # (3, 9, 120): no labels, every position
+        expected = torch.nn.functional.cross_entropy(logits.flatten(0, 1), labels.flatten(), ignore_index=-100)
+        torch.testing.assert_close(resized(ids, labels=labels).loss, expected)
 
 
 # --- classification losses as transformers computes them --------------------------------------------------------

@@ -24,9 +24,9 @@ processes counts 1/n), and its anonymous part (the heap; the rest is pages of me
 can drop). "Cache files" counts the Arrow files a run wrote: none, when it starts from the cache. Goals: peak memory
 under 4 GB, warm time to the first batch under 30 s.
 
-    python scripts/benchmark_corpus.py        # 0.5M-4.5M pairs, 125 MB-1 GB of text: hours on 2 CPU cores
-    python scripts/benchmark_corpus.py --pairs 500000 1000000 2000000 --text_mb 100 250   # 25 minutes: the run of
-                                                                                          # docs/large-corpora.md
+    python scripts/benchmark_corpus.py        # 0.5M-4.5M pairs, 125 MB-1 GB of text: about an hour on 2 CPU cores
+    python scripts/benchmark_corpus.py --pairs 500000 2000000 4500000 --text_mb 100 1000   # 34 minutes: the run of
+                                                                                            # docs/large-corpora.md
     python scripts/benchmark_corpus.py --quick --output_dir /tmp/corpus-check   # tiny sizes: checks that it runs
 
 Writes corpus_results.json, corpus_results.md and corpus_scaling.png (matplotlib) to --output_dir, the JSON after

@@ -273,11 +273,11 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         return self.lm_head.decoder
 
     def set_output_embeddings(self, value: nn.Linear) -> None:
-        if type(value) is nn.Linear:  # resize_token_embeddings builds a plain Linear: keep the fused loss's module
-            projection = VocabularyProjection(value.in_features, value.out_features, bias=value.bias is not None,
-                                              device="meta")
-            projection.weight, projection.bias = value.weight, value.bias  # the same parameters, not copies
-            value = projection
+        if type(value) is nn.Linear:
+            # resize_token_embeddings builds a plain Linear for an untied head. VocabularyProjection adds no state to
+            # nn.Linear, only the fused loss in its forward, so the module becomes one in place: its parameters and
+            # what transformers marked on it (_is_hf_initialized: post_init must not re-initialise it) stay.
+            value.__class__ = VocabularyProjection
         self.lm_head.decoder = value
 
     def forward(

@@ -17,7 +17,6 @@ from torch import nn
 from transformers.cache_utils import EncoderDecoderCache
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from .beam_cache import one_row_per_sentence, shared_rows_kernel
 from .fast_dropout import apply_dropout, eager_kernel_trains_faster
 from .token_layout import PADDED, TokenLayout
 
@@ -66,6 +65,10 @@ class MultiHeadAttention(nn.Module):
 
     `config` is read for one thing only, `config._attn_implementation` (eager / sdpa / flex / flash), which
     `model.set_attn_implementation` may change after construction.
+
+    The encoder-decoder's cross-attention is this module with a beam-search fast path added,
+    `beam_cache.SharedRowsCrossAttention`; it lives there so that an encoder-only model (BERT) neither runs nor
+    ships it.
     """
 
     def __init__(self, hidden_size, num_heads, num_key_value_heads, dropout, config, layer_idx=None):
@@ -108,11 +111,7 @@ class MultiHeadAttention(nn.Module):
             key, value = self.memory_keys_values(key_value_states, attention_mask, cache)  # (B, K, S, Dh)
         query = self.split_heads(layout.to_grid(query))  # (B, H, T, Dh)
 
-        kernel = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
-        if output_attentions or eager_kernel_trains_faster(self, query):  # eager: the one that returns the weights
-            kernel = eager_attention_forward
-        if key.shape[0] < query.shape[0]:  # beam search: a sentence's beams share one cached row (beam_cache.py)
-            kernel = shared_rows_kernel(kernel)
+        kernel = self.kernel(query, key, output_attentions)
         dropout = self.dropout if self.training else 0.0
         output, weights = kernel(  # (B, T, H, Dh), (B, H, T, S) or None
             self, query, key, value, attention_mask, dropout=dropout, scaling=self.scaling, is_causal=is_causal
@@ -122,14 +121,20 @@ class MultiHeadAttention(nn.Module):
         output = layout.select(layout.to_rows(output))  # the rows whose output is wanted: (B, T, .), or (N or M, .)
         return self.o_proj(output), weights
 
+    def kernel(self, query: torch.Tensor, key: torch.Tensor, output_attentions: bool):
+        """The attention function for these queries and keys: the config's (eager / sdpa / flex / flash), or the eager
+        one, which alone returns the weights (and which an sdpa model's CPU training runs, `fast_dropout.py`)."""
+        kernel = ALL_ATTENTION_FUNCTIONS.get_interface(self.config._attn_implementation, eager_attention_forward)
+        if output_attentions or eager_kernel_trains_faster(self, query):
+            kernel = eager_attention_forward
+        return kernel
+
     def memory_keys_values(self, memory, attention_mask, cache) -> tuple[torch.Tensor, torch.Tensor]:
         """Cross-attention keys and values of the encoder output `memory` (B, S, D). While decoding they are the same
         at every step: projected and cached at the first, read back at the others."""
         if cache is not None and cache.is_updated.get(self.layer_idx):
             cached = cache.cross_attention_cache.layers[self.layer_idx]
             return cached.keys, cached.values
-        if cache is not None:  # beam search: project and cache a sentence's keys and values once for all its beams
-            memory = one_row_per_sentence(self, cache.cross_attention_cache, memory, attention_mask)
         key, value = self.split_heads(self.k_proj(memory)), self.split_heads(self.v_proj(memory))  # (B, K, S, Dh)
         if cache is not None:
             key, value = cache.cross_attention_cache.update(key, value, self.layer_idx)

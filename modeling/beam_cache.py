@@ -11,13 +11,16 @@ Plain computation it equals: cross-attention with one row of keys and values per
 attention weights as without a cache), `test_shared_cross_attention_cache_stays_exact_under_any_reorder` and
 `test_repeated_rows_finds_the_runs_of_equal_rows`.
 
-Entered from one place: `MultiHeadAttention.memory_keys_values` (`attention.py`) calls `one_row_per_sentence` at the
-first decoding step; the attention kernel is then wrapped by `shared_rows_kernel`, where the keys have fewer rows
-than the queries.
+Entered from one place: `SharedRowsCrossAttention`, the cross-attention the encoder-decoder builds its decoder layers
+with (`modeling_vanilla_transformer.layer_args`). Its `memory_keys_values` calls `one_row_per_sentence` at the first
+decoding step; its kernel is wrapped by `shared_rows_kernel` where the keys have fewer rows than the queries. Only the
+encoder-decoder imports this module: BERT's folders do not carry it.
 """
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+from .attention import MultiHeadAttention
 
 
 def repeated_rows(states: torch.Tensor, mask: torch.Tensor | None = None) -> int:
@@ -106,3 +109,19 @@ def shared_rows_kernel(kernel):
         return output, weights
 
     return attend
+
+
+class SharedRowsCrossAttention(MultiHeadAttention):
+    """Encoder-decoder attention (`MultiHeadAttention` in its cross-attention role) whose cache holds a sentence's
+    keys and values once for all its beams. The same parameters and checkpoint keys, the same outputs."""
+
+    def memory_keys_values(self, memory, attention_mask, cache) -> tuple[torch.Tensor, torch.Tensor]:
+        if cache is not None and not cache.is_updated.get(self.layer_idx):  # first step: once per sentence
+            memory = one_row_per_sentence(self, cache.cross_attention_cache, memory, attention_mask)  # (B / g, S, D)
+        return super().memory_keys_values(memory, attention_mask, cache)
+
+    def kernel(self, query: torch.Tensor, key: torch.Tensor, output_attentions: bool):
+        kernel = super().kernel(query, key, output_attentions)
+        if key.shape[0] < query.shape[0]:  # a sentence's beams read its one cached row
+            kernel = shared_rows_kernel(kernel)
+        return kernel

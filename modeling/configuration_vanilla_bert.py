@@ -8,7 +8,7 @@ learned positions up to 512, two segments. Field names follow `BertConfig`, so c
 from transformers import PreTrainedConfig
 from transformers.activations import ACT2FN
 
-from .configuration_vanilla_transformer import (
+from .config_checks import (
     POSITION_EMBEDDING_TYPES,
     check_attention_shape,
     check_choice,

@@ -1,6 +1,12 @@
 """Hub-ready folders: weights (safetensors), a config with `auto_map` (and `custom_pipelines`), the tokenizer,
 the generation config and the modeling code, so that anyone loads the folder, or the Hub repo made from it, with
-`trust_remote_code=True` on a machine without this package."""
+`trust_remote_code=True` on a machine without this package.
+
+The code in a folder is what its model imports: transformers copies the module of the model's class and of its config,
+and recursively every module they import relatively (`from .x import y`, inside functions too). This module imports
+neither family (each declares its Auto classes and pipelines on its own PreTrainedModel), so a BERT folder holds
+BERT's code and the encoder-decoder's folder its own (`tests/test_hub_folders.py` lists both).
+"""
 
 import inspect
 import itertools
@@ -12,65 +18,27 @@ from safetensors import SafetensorError
 from transformers import PreTrainedModel
 
 
-def hub_classes(model_type: str) -> dict[str, type]:
-    """{Auto class name: our class} for one model family."""
-    if model_type == "vanilla_transformer":
-        from .configuration_vanilla_transformer import VanillaTransformerConfig
-        from .modeling_vanilla_transformer import VanillaTransformerForConditionalGeneration, VanillaTransformerModel
-
-        return {
-            "AutoConfig": VanillaTransformerConfig,
-            "AutoModel": VanillaTransformerModel,
-            "AutoModelForSeq2SeqLM": VanillaTransformerForConditionalGeneration,
-        }
-    if model_type == "vanilla_bert":
-        from .configuration_vanilla_bert import VanillaBertConfig
-        from .modeling_vanilla_bert import (
-            VanillaBertForMaskedLM,
-            VanillaBertForSequenceClassification,
-            VanillaBertForTokenClassification,
-            VanillaBertModel,
-        )
-
-        return {
-            "AutoConfig": VanillaBertConfig,
-            "AutoModel": VanillaBertModel,
-            "AutoModelForMaskedLM": VanillaBertForMaskedLM,
-            "AutoModelForSequenceClassification": VanillaBertForSequenceClassification,
-            "AutoModelForTokenClassification": VanillaBertForTokenClassification,
-        }
-    raise ValueError(f"no Hub export is defined for model_type={model_type!r}")
-
-
-def hub_pipelines(model_type: str) -> dict[str, type]:
-    """{task: pipeline class} for the pipelines transformers itself lacks for this family."""
-    if model_type == "vanilla_transformer":
-        from .pipeline_translation import Text2TextGenerationPipeline, TranslationPipeline
-
-        return {"translation": TranslationPipeline, "text2text-generation": Text2TextGenerationPipeline}
-    return {}
-
-
 def _reference(cls: type) -> str:
     """How auto_map names a class: "<module file stem>.<class name>", the files lying flat beside config.json."""
     return f"{cls.__module__.rsplit('.', 1)[-1]}.{cls.__name__}"
 
 
-def _own_auto_class(model: PreTrainedModel) -> str:
-    classes = hub_classes(model.config.model_type)
-    own_auto_class = next((auto for auto, cls in classes.items() if cls is type(model)), None)
-    if own_auto_class is None:
-        raise ValueError(f"{type(model).__name__} has no Auto class in {sorted(classes)}")
-    return own_auto_class
+def _own_auto_class(model: PreTrainedModel) -> str | None:
+    """The Auto class that builds the model's class; None for a class that is not one of ours (a user's subclass)."""
+    if not isinstance(model, HubFolders):
+        return None
+    return next((auto for auto, cls in model.hub_auto_classes().items() if cls is type(model)), None)
 
 
 def enable_pipelines(model: PreTrainedModel) -> None:
-    """Declare our pipelines (translation, text2text-generation) in the config: transformers 5 looks up
+    """Declare the family's pipelines (translation, text2text-generation) in the config: transformers 5 looks up
     `config.custom_pipelines` before its own (removed) tasks, for a saved folder and for a model in memory:
     `pipeline("translation", model=m, tokenizer=tok, config=m.config, pipeline_class=TranslationPipeline)`."""
-    pipelines = hub_pipelines(model.config.model_type)
+    pipelines = model.hub_pipelines()
     if pipelines:
         own_auto_class = _own_auto_class(model)
+        if own_auto_class is None:
+            raise ValueError(f"{type(model).__name__} has no Auto class in {sorted(model.hub_auto_classes())}")
         model.config.custom_pipelines = {
             task: {"impl": _reference(cls), "pt": [own_auto_class], "type": "text"} for task, cls in pipelines.items()
         }
@@ -79,11 +47,10 @@ def enable_pipelines(model: PreTrainedModel) -> None:
 def prepare_for_hub(model: PreTrainedModel) -> bool:
     """Write auto_map and custom_pipelines into the model's config and mark the classes for code export. False
     (and nothing changed) for a class that is not one of ours, a user's subclass say: it saves as transformers does."""
-    classes = hub_classes(model.config.model_type)
-    own_auto_class = next((auto for auto, cls in classes.items() if cls is type(model)), None)
+    own_auto_class = _own_auto_class(model)
     if own_auto_class is None:
         return False
-    model.config.auto_map = {auto: _reference(cls) for auto, cls in classes.items()}
+    model.config.auto_map = {auto: _reference(cls) for auto, cls in model.hub_auto_classes().items()}
     enable_pipelines(model)
     # save_pretrained copies the module of a class registered for an Auto class, and the modules it imports.
     type(model.config).register_for_auto_class("AutoConfig")
@@ -97,18 +64,31 @@ class HubFolders:
     Saving: every standard path, `save_pretrained`, `push_to_hub`, `Trainer.save_model` and `Trainer(push_to_hub=True)`
     (they all call `save_pretrained`), writes a folder that loads with trust_remote_code=True without this package:
     the code files, `auto_map` for every Auto class the family serves and the pipelines it declares
-    (`custom_pipelines`, their module beside the model files).
+    (`custom_pipelines`, their module beside the model files). Each family declares both on its PreTrainedModel
+    (`hub_auto_classes`, `hub_pipelines`).
 
     Loading: `from_pretrained` refuses weights that are not finite (NaN or inf), which a flipped bit, a bad copy or a
     diverged run leave in a checkpoint and which would otherwise load without a word and make every output NaN.
     `allow_non_finite_weights=True` loads them anyway (to inspect a diverged run).
     """
 
+    @staticmethod
+    def hub_auto_classes() -> dict[str, type]:
+        """{Auto class name: class} for every Auto class the family serves, written into a saved folder's auto_map.
+        Declared by each family's PreTrainedModel: this module imports neither family, so that a saved folder, which
+        carries the code its model imports, holds its own family's files only."""
+        raise NotImplementedError("each model family's PreTrainedModel declares its hub_auto_classes()")
+
+    @staticmethod
+    def hub_pipelines() -> dict[str, type]:
+        """{task: pipeline class} for the tasks the family serves that transformers lacks: none unless declared."""
+        return {}
+
     def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
         if prepare_for_hub(self) and is_main_process:
             # Before transformers' save: with push_to_hub=True it uploads the folder as soon as it has written it.
             Path(save_directory).mkdir(parents=True, exist_ok=True)
-            for pipeline_class in hub_pipelines(self.config.model_type).values():
+            for pipeline_class in self.hub_pipelines().values():
                 shutil.copy(inspect.getfile(pipeline_class), save_directory)  # custom_pipelines' "impl" lives here
         return super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
 
@@ -136,6 +116,15 @@ class HubFolders:
                     "checkpoint); from_pretrained(..., allow_non_finite_weights=True) loads it anyway"
                 )
         return loaded
+
+
+def hub_classes(model_type: str) -> dict[str, type]:
+    """{Auto class name: our class} of the family of `model_type`, among the families imported (each one's
+    PreTrainedModel mixes in HubFolders; `import vanilla_transformer.modeling` imports both)."""
+    for family in HubFolders.__subclasses__():
+        if family.config_class.model_type == model_type:
+            return family.hub_auto_classes()
+    raise ValueError(f"no Hub export is defined for model_type={model_type!r}")
 
 
 def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None, state_dict: dict | None = None) -> Path:

@@ -38,9 +38,11 @@ class FeedForward(nn.Module):
 class TransformerLayer(GradientCheckpointingLayer):
     """An encoder layer (section 3.1): self-attention then feed-forward, each wrapped in Add & Norm.
 
-    With `cross_attention=True` it is a decoder layer: the same two sublayers with attention over the encoder
-    output in between; the caller makes its self-attention causal. Add & Norm is the paper's post-LN,
-    LayerNorm(x + Dropout(Sublayer(x))), or with `normalize_before` pre-LN, x + Dropout(Sublayer(LayerNorm(x))).
+    Given a `cross_attention` class it is a decoder layer: the same two sublayers with attention over the encoder
+    output in between, a `MultiHeadAttention` of that class (the encoder-decoder passes its beam-search one,
+    `beam_cache.SharedRowsCrossAttention`); the caller makes its self-attention causal. Add & Norm is the paper's
+    post-LN, LayerNorm(x + Dropout(Sublayer(x))), or with `normalize_before` pre-LN,
+    x + Dropout(Sublayer(LayerNorm(x))).
     """
 
     def __init__(
@@ -55,7 +57,7 @@ class TransformerLayer(GradientCheckpointingLayer):
         activation_dropout: float,
         layer_norm_eps: float,
         normalize_before: bool,
-        cross_attention: bool,
+        cross_attention: type[MultiHeadAttention] | None,  # None: an encoder layer
         config,
         layer_idx: int | None = None,
     ):
@@ -64,8 +66,8 @@ class TransformerLayer(GradientCheckpointingLayer):
         attention = (hidden_size, num_heads, num_key_value_heads, attention_dropout, config, layer_idx)
         self.self_attn = MultiHeadAttention(*attention)
         self.self_attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
-        self.cross_attn = MultiHeadAttention(*attention) if cross_attention else None
-        self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if cross_attention else None
+        self.cross_attn = cross_attention(*attention) if cross_attention is not None else None
+        self.cross_attn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps) if cross_attention is not None else None
         self.ffn = FeedForward(hidden_size, ffn_dim, activation, activation_dropout)
         self.ffn_norm = nn.LayerNorm(hidden_size, eps=layer_norm_eps)
         self.dropout = Dropout(dropout)  # residual dropout (section 5.4)

@@ -157,6 +157,17 @@ class VanillaBertPreTrainedModel(HubFolders, PreTrainedModel):
     _supports_flex_attn = True
     _can_compile_fullgraph = False  # the input checks read tensor values
 
+    @staticmethod
+    def hub_auto_classes() -> dict[str, type]:
+        """What a saved folder's auto_map names, whichever head is saved (`hub.py`)."""
+        return {
+            "AutoConfig": VanillaBertConfig,
+            "AutoModel": VanillaBertModel,
+            "AutoModelForMaskedLM": VanillaBertForMaskedLM,
+            "AutoModelForSequenceClassification": VanillaBertForSequenceClassification,
+            "AutoModelForTokenClassification": VanillaBertForTokenClassification,
+        }
+
     @torch.no_grad()
     def _init_weights(self, module):
         """BERT's initialisation: N(0, initializer_range) matrices and embeddings, zero biases, unit LayerNorms."""
@@ -194,7 +205,7 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
             attention_dropout=config.attention_probs_dropout_prob,
             activation_dropout=0.0,  # BERT has no dropout inside the feed-forward network
             layer_norm_eps=config.layer_norm_eps,
-            cross_attention=False,
+            cross_attention=None,  # an encoder: no attention over another sequence
             config=config,
         )
         self.pooler = VanillaBertPooler(config.hidden_size) if add_pooling_layer else None

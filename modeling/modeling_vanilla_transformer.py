@@ -24,6 +24,7 @@ from transformers.modeling_outputs import (
 )
 
 from .attention import mask_config
+from .beam_cache import SharedRowsCrossAttention
 from .compat import cache_argument, cache_field, output_cache
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .embeddings import PositionEmbedding, ScaledEmbedding
@@ -32,6 +33,7 @@ from .hub import HubFolders
 from .inputs import check_batch, check_token_ids, output_options
 from .layers import LayerStack
 from .losses import token_cross_entropy
+from .pipeline_translation import Text2TextGenerationPipeline, TranslationPipeline
 from .token_layout import TokenLayout
 
 
@@ -68,7 +70,8 @@ def layer_args(config: VanillaTransformerConfig, side: str) -> dict:
         activation_dropout=config.activation_dropout,
         layer_norm_eps=config.layer_norm_eps,
         normalize_before=config.normalize_before,
-        cross_attention=side == "decoder",
+        # the decoder attends to the encoder output, caching it once per sentence in beam search (beam_cache.py)
+        cross_attention=SharedRowsCrossAttention if side == "decoder" else None,
         config=config,
     )
 
@@ -83,6 +86,21 @@ class VanillaTransformerPreTrainedModel(HubFolders, PreTrainedModel):
     _supports_flash_attn = True
     _supports_flex_attn = True
     _can_compile_fullgraph = False  # the input checks read tensor values
+
+    @staticmethod
+    def hub_auto_classes() -> dict[str, type]:
+        """What a saved folder's auto_map names, whichever class is saved (`hub.py`)."""
+        return {
+            "AutoConfig": VanillaTransformerConfig,
+            "AutoModel": VanillaTransformerModel,
+            "AutoModelForSeq2SeqLM": VanillaTransformerForConditionalGeneration,
+        }
+
+    @staticmethod
+    def hub_pipelines() -> dict[str, type]:
+        """The pipelines transformers 5 removed, which a saved folder declares in config.json's custom_pipelines and
+        carries beside the model files (`hub.py`)."""
+        return {"translation": TranslationPipeline, "text2text-generation": Text2TextGenerationPipeline}
 
     @torch.no_grad()
     def _init_weights(self, module):

@@ -1,5 +1,5 @@
 """Translate a test set with a trained model (batched beam search) and score it with sacreBLEU and chrF through
-`evaluate`, using the offline metric modules installed with the package (`vanilla_transformer.training.metrics`).
+`evaluate`, using the offline metric modules installed with the package (`vanilla_transformer.scripts.training.metrics`).
 Writes the scores and every translation to JSON (and the hypotheses, one per line, beside it), e.g. Multi30k de->en:
 
     python scripts/evaluate_translation.py --model_dir outputs/multi30k/final \\
@@ -24,16 +24,16 @@ import torch
 from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
-from vanilla_transformer.training.errors import ArgumentError, DataError, errors_without_traceback
-from vanilla_transformer.training.model_folders import (
+from vanilla_transformer.scripts.training.errors import ArgumentError, DataError, errors_without_traceback
+from vanilla_transformer.scripts.training.model_folders import (
     check_finite_weights,
     check_model_folder,
     check_not_a_model_file,
     check_tokenizer_fits,
     check_writable_file,
 )
-from vanilla_transformer.training.translation_data import CorpusArguments, load_parallel
-from vanilla_transformer.training.translation_eval import load_metrics, score, translate
+from vanilla_transformer.scripts.training.translation_data import CorpusArguments, load_parallel
+from vanilla_transformer.scripts.training.translation_eval import load_metrics, score, translate
 
 
 @dataclass

@@ -62,16 +62,16 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
-from vanilla_transformer.training.checkpoints import save_whole_for_hub, whole_weights
-from vanilla_transformer.training.errors import (
+from vanilla_transformer.scripts.training.checkpoints import save_whole_for_hub, whole_weights
+from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
     DataError,
     TrainingError,
     errors_without_traceback,
 )
-from vanilla_transformer.training.loop import StopSignals, describe_engine, make_optimizer, make_schedule
-from vanilla_transformer.training.model_folders import (
+from vanilla_transformer.scripts.training.loop import StopSignals, describe_engine, make_optimizer, make_schedule
+from vanilla_transformer.scripts.training.model_folders import (
     ModelFolder,
     check_finite_weights,
     check_model_folder,
@@ -79,8 +79,8 @@ from vanilla_transformer.training.model_folders import (
     check_tokenizer_fits,
     check_writable_dir,
 )
-from vanilla_transformer.training.precision import check_mixed_precision
-from vanilla_transformer.training.translation_eval import METRICS_DIR
+from vanilla_transformer.scripts.training.precision import check_mixed_precision
+from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR
 
 logger = logging.getLogger("finetune_classification")
 METRIC = METRICS_DIR / "accuracy_f1"
@@ -670,7 +670,7 @@ class NoPickleInCheckpoints(TrainerCallback):
 
 
 class FinetuneTrainer(Trainer):
-    """Trainer with the project's optimizer and schedule (`vanilla_transformer.training.loop`, as every script that
+    """Trainer with the project's optimizer and schedule (`vanilla_transformer.scripts.training.loop`, as every script that
     trains): AdamW without weight decay on biases and norms, and a linear warmup followed by a linear decay to 0 over
     the run's steps, BERT's fine-tuning schedule. The betas, epsilon, weight decay and warmup are TrainingArguments'.
     Trainer calls these two hooks once it knows the number of steps (after the model is wrapped)."""

@@ -49,10 +49,10 @@ from vanilla_transformer.scripts.pretrain_mlm import (
     most_frequent_token,
 )
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer, train_wordpiece_tokenizer
-from vanilla_transformer.training.batching import sized_batches
-from vanilla_transformer.training.loop import LoopArguments, TrainingTask, loop_optimizer, make_accelerator, train
-from vanilla_transformer.training.text_data import group_blocks, stdlib_docstrings
-from vanilla_transformer.training.translation_data import babel_pairs, file_pairs, read_lines
+from vanilla_transformer.scripts.training.batching import sized_batches
+from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, loop_optimizer, make_accelerator, train
+from vanilla_transformer.scripts.training.text_data import group_blocks, stdlib_docstrings
+from vanilla_transformer.scripts.training.translation_data import babel_pairs, file_pairs, read_lines
 
 FAMILIES = ("translation", "bert")
 # Fill-mask probes in the style of the default text (docstrings); the answers are whatever the model learned.
@@ -115,7 +115,7 @@ class MainArguments:
 
 def fit(model, dataset: list, lengths: list[int], collate, args: MainArguments, family: str, batch_size: int,
         schedule: dict, **task_options) -> float:
-    """Train `model` on `dataset` through the project's one loop (`vanilla_transformer.training.loop.train`, as every
+    """Train `model` on `dataset` through the project's one loop (`vanilla_transformer.scripts.training.loop.train`, as every
     training script): Adam with the paper's betas, linear warmup then the `schedule`'s decay, gradient clipping,
     a progress bar, batches of `batch_size` examples of similar length in an order drawn from (seed, epoch). Its
     checkpoint and log.jsonl go to output_dir/training/<family>, made afresh on each run of the main job. Returns the

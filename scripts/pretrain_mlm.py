@@ -1,6 +1,6 @@
 """Masked-language-model pretraining of `VanillaBertForMaskedLM` (BERT's first objective; no next-sentence
 prediction), from scratch or continued from a checkpoint, on the project's one Accelerate loop
-(`vanilla_transformer.training.loop`: progress bar, log.jsonl, training_curves.png, checkpoints, --resume, Ctrl-C
+(`vanilla_transformer.scripts.training.loop`: progress bar, log.jsonl, training_curves.png, checkpoints, --resume, Ctrl-C
 saves).
 
 Text: local files, one document per line (blank lines skipped, .gz accepted), or a `datasets` Hub id. Documents
@@ -85,17 +85,17 @@ from transformers import (
 
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
-from vanilla_transformer.training.batching import token_batches
-from vanilla_transformer.training.checkpoints import ResumePoint, prepare_output_dir, save_final
-from vanilla_transformer.training.errors import (
+from vanilla_transformer.scripts.training.batching import token_batches
+from vanilla_transformer.scripts.training.checkpoints import ResumePoint, prepare_output_dir, save_final
+from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
     DataError,
     DataFileNotFoundError,
     errors_without_traceback,
 )
-from vanilla_transformer.training.logs import plot_log
-from vanilla_transformer.training.loop import (
+from vanilla_transformer.scripts.training.logs import plot_log
+from vanilla_transformer.scripts.training.loop import (
     LoopArguments,
     TrainingTask,
     end_run,
@@ -107,9 +107,9 @@ from vanilla_transformer.training.loop import (
     prepare_for_training,
     train,
 )
-from vanilla_transformer.training.text_data import group_blocks
-from vanilla_transformer.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
-from vanilla_transformer.training.translation_data import (
+from vanilla_transformer.scripts.training.text_data import group_blocks
+from vanilla_transformer.scripts.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
+from vanilla_transformer.scripts.training.translation_data import (
     READER_VERSION,
     load_dataset_split,
     map_processes,

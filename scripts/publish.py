@@ -24,7 +24,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our classes with the Auto classes)
-from vanilla_transformer.training.model_folders import (
+from vanilla_transformer.scripts.training.model_folders import (
     ModelFolderError,
     check_finite_weights,
     check_model_folder,
@@ -33,7 +33,7 @@ from vanilla_transformer.training.model_folders import (
     check_writable_dir,
 )
 from vanilla_transformer.modeling.hub import hub_classes, save_for_hub
-from vanilla_transformer.training.errors import errors_without_traceback
+from vanilla_transformer.scripts.training.errors import errors_without_traceback
 
 # The model card template: model_card.md at the top of the clone; scripts/model_card.md links to it, so that it is
 # installed beside this file (package data of vanilla_transformer.scripts).

@@ -25,14 +25,14 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from vanilla_transformer.training.errors import (
+from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     DataError,
     DataFileNotFoundError,
     DataWarning,
     errors_without_traceback,
 )
-from vanilla_transformer.training.translation_data import load_dataset_split, text_lines
+from vanilla_transformer.scripts.training.translation_data import load_dataset_split, text_lines
 from vanilla_transformer.tokenization import train_bpe_tokenizer
 
 

@@ -46,15 +46,15 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
-from vanilla_transformer.training.batching import token_batches
-from vanilla_transformer.training.checkpoints import (
+from vanilla_transformer.scripts.training.batching import token_batches
+from vanilla_transformer.scripts.training.checkpoints import (
     ResumePoint,
     average_checkpoints,
     is_sharded,
     prepare_output_dir,
     save_final,
 )
-from vanilla_transformer.training.errors import (
+from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
     DataError,
@@ -63,8 +63,8 @@ from vanilla_transformer.training.errors import (
     check_positive,
     errors_without_traceback,
 )
-from vanilla_transformer.training.logs import plot_log
-from vanilla_transformer.training.loop import (
+from vanilla_transformer.scripts.training.logs import plot_log
+from vanilla_transformer.scripts.training.loop import (
     LoopArguments,
     TrainingTask,
     end_run,
@@ -77,8 +77,8 @@ from vanilla_transformer.training.loop import (
     prepare_for_training,
     train,
 )
-from vanilla_transformer.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
-from vanilla_transformer.training.translation_data import (
+from vanilla_transformer.scripts.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
+from vanilla_transformer.scripts.training.translation_data import (
     CorpusArguments,
     load_parallel,
     pair_lengths,
@@ -86,7 +86,7 @@ from vanilla_transformer.training.translation_data import (
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.training.translation_eval import generation_batches, load_metrics, score, translate_batch
+from vanilla_transformer.scripts.training.translation_eval import generation_batches, load_metrics, score, translate_batch
 
 
 @dataclass

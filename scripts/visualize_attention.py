@@ -41,8 +41,8 @@ from transformers import (  # noqa: E402
 )
 
 import vanilla_transformer.modeling  # noqa: E402, F401  (registers our models: our folders load without their code)
-from vanilla_transformer.training.errors import ArgumentError, errors_without_traceback  # noqa: E402
-from vanilla_transformer.training.model_folders import (  # noqa: E402
+from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback  # noqa: E402
+from vanilla_transformer.scripts.training.model_folders import (  # noqa: E402
     check_finite_weights,
     check_model_folder,
     check_tokenizer_fits,

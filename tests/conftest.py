@@ -148,7 +148,7 @@ _BABEL_PAIRS = []
 
 def _translation_pairs() -> list[tuple[str, str]]:
     if not _BABEL_PAIRS:
-        from vanilla_transformer.training.translation_data import babel_pairs
+        from vanilla_transformer.scripts.training.translation_data import babel_pairs
 
         _BABEL_PAIRS.extend(babel_pairs("de", "en"))
     return _BABEL_PAIRS

@@ -1,4 +1,4 @@
-"""The Accelerate side of the training loop (vanilla_transformer.training.loop): several processes (DDP) train to
+"""The Accelerate side of the training loop (vanilla_transformer.scripts.training.loop): several processes (DDP) train to
 the same weights as one, Ctrl-C under `accelerate launch` saves a checkpoint that resumes exactly, mixed precision
 runs, and the learning rate follows the paper's schedule (or BERT's fine-tuning one)."""
 
@@ -15,7 +15,7 @@ import safetensors.torch
 import torch
 
 
-from vanilla_transformer.training.loop import (
+from vanilla_transformer.scripts.training.loop import (
     LoopArguments,
     learning_rate_factor,
     loop_optimizer,

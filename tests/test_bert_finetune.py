@@ -12,7 +12,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer, Bert
 from vanilla_transformer.modeling import VanillaBertForMaskedLM, VanillaBertForSequenceClassification
 from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.scripts import finetune_classification
-from vanilla_transformer.training.translation_eval import METRICS_DIR
+from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR
 
 
 def expected_scores(folder: Path, rows: list[tuple[str, int]], max_length: int | None = None) -> dict:
@@ -147,7 +147,7 @@ def test_help_explains(capsys):
 
 
 def test_the_trainer_takes_the_projects_optimizer_and_schedule(tmp_path, finetune_tokenizer, tiny_bert_config):
-    """The one optimizer builder and schedule of vanilla_transformer.training.loop, with TrainingArguments' values:
+    """The one optimizer builder and schedule of vanilla_transformer.scripts.training.loop, with TrainingArguments' values:
     AdamW (0.9, 0.999, 1e-8), weight decay on matrices only, warmup then a linear decay to 0 over the run."""
     model = VanillaBertForSequenceClassification(tiny_bert_config(vocab_size=len(finetune_tokenizer), num_labels=2))
     args = finetune_classification.FinetuneArguments(model_name_or_path="unused", output_dir=str(tmp_path),

@@ -126,3 +126,25 @@ def test_whole_word_mask_collator_equals_transformers_on_rows_of_one_length(toke
         assert (expected["labels"] != -100).any()
         for key in ("input_ids", "labels", "attention_mask"):
             assert torch.equal(batch[key], expected[key]), key
+
+
+def test_vocabulary_ids_do_not_depend_on_the_trainers_hash_order(tokenizer):
+    """The tokenizers trainer numbers pieces in the order of Rust hash maps, different in each training (three
+    trainings of one text gave three id layouts, so other weights for one seed). Ours number a vocabulary the same
+    whatever order the trainer listed it in, and tokenize as before (WordPiece matches pieces by text)."""
+    from tokenizers import Tokenizer, models
+
+    from vanilla_transformer.tokenization.wordpiece import _in_stable_order
+
+    trained = tokenizer.backend_tokenizer
+    pieces = list(trained.get_vocab(with_added_tokens=False))
+    random.Random(1).shuffle(pieces)  # another training's order
+    shuffled = Tokenizer(models.WordPiece(vocab={token: i for i, token in enumerate(pieces)}, unk_token="[UNK]"))
+    shuffled.normalizer, shuffled.pre_tokenizer = trained.normalizer, trained.pre_tokenizer
+    assert shuffled.get_vocab() != trained.get_vocab(with_added_tokens=False)
+    shuffled.model = _in_stable_order(shuffled)
+    assert shuffled.get_vocab() == trained.get_vocab(with_added_tokens=False)
+    text = " ".join(corpus(20, seed=5))
+    assert shuffled.encode(text).tokens == tokenizer.tokenize(text)
+    assert shuffled.encode(text).ids == tokenizer.convert_tokens_to_ids(tokenizer.tokenize(text))
+    assert tokenizer.convert_ids_to_tokens(list(range(5))) == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]

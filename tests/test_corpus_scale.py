@@ -3,7 +3,8 @@ tokenized by several processes and a second load reads it from the cache without
 the MLM blocks cross document boundaries with [SEP] and lose no token; a resumed run goes on mid-epoch without
 reading or tokenizing the corpus; tokenizers train from the dataset in batches, never row by row; batches are cut
 from the lengths alone; the benchmark's corpora are distinct and aligned. The benchmark itself
-(scripts/benchmark_corpus.py) is not run here: its figures are in docs/large-corpora.md."""
+(scripts/benchmark_corpus.py) is not run here: its figures are in docs/large-corpora.md; its reference corpora come
+from --data_dir."""
 
 import gzip
 import json
@@ -18,10 +19,11 @@ import torch
 from transformers import AutoTokenizer
 
 from vanilla_transformer.scripts import benchmark_corpus, pretrain_mlm, train_tokenizer, train_translation
+from vanilla_transformer.scripts.benchmarking import corpora, processes
 from vanilla_transformer.tokenization import train_bpe_tokenizer, train_wordpiece_tokenizer
-from vanilla_transformer.training import translation_data
-from vanilla_transformer.training.batching import token_batches
-from vanilla_transformer.training.translation_data import CorpusArguments, load_parallel, tokenize_pairs
+from vanilla_transformer.scripts.training import translation_data
+from vanilla_transformer.scripts.training.batching import token_batches
+from vanilla_transformer.scripts.training.translation_data import CorpusArguments, load_parallel, tokenize_pairs
 
 
 def never(*args, **kwargs):
@@ -100,7 +102,7 @@ def test_resumed_runs_go_on_mid_epoch_without_reading_or_tokenizing_the_corpus(
                                    "--max_steps", "8")
     mlm = mlm_args(write_mlm_corpus(tmp_path / "text"), tmp_path / "mlm", *tiny_model_args(), "--max_steps", "8")
     started = time.time()
-    with benchmark_corpus.noting_the_first_batch({}) as noted:  # the benchmark's probe, on the way
+    with processes.noting_the_first_batch({}) as noted:  # the benchmark's probe, on the way
         assert run_translation([*translation, "--max_steps_this_run", "2"]).global_step == 2
     assert started < noted["first_batch_time"] < time.time()
     assert torch.utils.data.DataLoader.__iter__.__name__ == "__iter__"  # put back
@@ -168,23 +170,37 @@ def test_the_benchmark_corpora_are_distinct_and_aligned_and_its_arguments_checke
     for lang in ("de", "en"):
         with gzip.open(multi30k / f"train.{lang}.gz", "wt") as handle:
             handle.writelines(f"{lang}{i}\n" for i in range(30))
-    de, en = benchmark_corpus.make_pairs(multi30k, 500, tmp_path / "pairs")
+    de, en = corpora.make_pairs(multi30k, 500, tmp_path / "pairs")
     pairs = list(zip(de.read_text().splitlines(), en.read_text().splitlines()))
     assert len(pairs) == len(set(pairs)) == 500
     for source, target in pairs:
         first, second = source.split()
         assert target == f"en{first[2:]} en{second[2:]}" and first != second  # pairs i and j, in both languages
     with pytest.raises(ValueError, match="at most 870 distinct pairs from 30"):
-        benchmark_corpus.make_pairs(multi30k, 871, tmp_path / "too-many")
+        corpora.make_pairs(multi30k, 871, tmp_path / "too-many")
 
     wikitext = tmp_path / "wikitext2"
     wikitext.mkdir()
     sentences = [f"Sentence {i} says a thing ." for i in range(40)]
     (wikitext / "valid.txt").write_text(" = Title = \n\n " + " ".join(sentences[:30]) + " \n")
     (wikitext / "test.txt").write_text(" " + " ".join(sentences[30:]) + " \n")
-    count = benchmark_corpus.make_text(wikitext, 0.01, tmp_path / "text.txt")
+    count = corpora.make_text(wikitext, 0.01, tmp_path / "text.txt")
     documents = (tmp_path / "text.txt").read_text().splitlines()
     assert len(documents) == len(set(documents)) == count and (tmp_path / "text.txt").stat().st_size >= 10_000
     for document in documents:  # whole sentences, as many as a paragraph has (30 or 10); no section title
         assert re.fullmatch(r"Sentence \d+ says a thing \.( Sentence \d+ says a thing \.)*", document)
         assert document.count("Sentence") in (10, 30)
+
+
+def test_the_corpus_benchmark_names_a_missing_reference_corpus_and_the_option_before_any_work(tmp_path, capsys):
+    (tmp_path / "corpora" / "multi30k").mkdir(parents=True)  # the translation corpus is there, WikiText-2 is not
+    for name in ("train.de.gz", "train.en.gz"):
+        (tmp_path / "corpora" / "multi30k" / name).write_bytes(gzip.compress(b"ein Hund\n"))
+    with pytest.raises(SystemExit) as stopped:
+        benchmark_corpus.main(["--quick", "--data_dir", str(tmp_path / "corpora"), "--output_dir",
+                               str(tmp_path / "out"), "--work_dir", str(tmp_path / "work")])
+    assert stopped.value.code == 1
+    message = capsys.readouterr().err
+    assert message.count("\n") == 1 and f"--data_dir {tmp_path / 'corpora'} " in message
+    assert "no wikitext2/valid.txt there" in message
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()

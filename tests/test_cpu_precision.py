@@ -1,4 +1,4 @@
-"""`--mixed_precision bf16` on a CPU without native bf16 (vanilla_transformer.training.precision): the detection
+"""`--mixed_precision bf16` on a CPU without native bf16 (vanilla_transformer.scripts.training.precision): the detection
 (flags, oneDNN, the VANILLA_TRANSFORMER_ASSUME_CPU_BF16 override), the fallback to fp32 with a warning that names the
 fix, `--force_bf16`, a GPU left alone, the check made before any data is read, and training_args.json recording what
 ran. Forced answers (the override, or monkeypatched flags) make every test's outcome the same on any CPU."""
@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from vanilla_transformer.scripts import pretrain_mlm, train_translation
-from vanilla_transformer.training import precision as cpu_precision
-from vanilla_transformer.training.loop import LoopArguments, make_accelerator
-from vanilla_transformer.training.precision import (
+from vanilla_transformer.scripts.training import precision as cpu_precision
+from vanilla_transformer.scripts.training.loop import LoopArguments, make_accelerator
+from vanilla_transformer.scripts.training.precision import (
     ASSUME_CPU_BF16,
     CpuBf16Support,
     CpuBf16Warning,

@@ -65,13 +65,13 @@ HELP_OF_EVERY_COMMAND = """
 import contextlib, io, json, sys
 from importlib.metadata import distribution
 
-import vanilla_transformer.modeling, vanilla_transformer.tokenization, vanilla_transformer.training.loop
-from vanilla_transformer.training.translation_eval import METRICS_DIR
+import vanilla_transformer.modeling, vanilla_transformer.tokenization, vanilla_transformer.scripts.training.loop
+from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR
 
 package = distribution("vanilla-transformer")  # the first on sys.path: the wheel's
 answers = {"metadata": str(package.locate_file("")), "metrics": sorted(p.name for p in METRICS_DIR.glob("*/*.py")),
            "modules": [m.__file__ for m in (vanilla_transformer.modeling, vanilla_transformer.tokenization,
-                                            vanilla_transformer.training.loop)] + [str(METRICS_DIR)]}
+                                            vanilla_transformer.scripts.training.loop)] + [str(METRICS_DIR)]}
 for command in package.entry_points.select(group="console_scripts"):
     sys.argv = [command.name]  # as the command's wrapper has it: the usage line names the command
     output = io.StringIO()

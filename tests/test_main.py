@@ -11,8 +11,8 @@ from transformers import AutoTokenizer
 
 from vanilla_transformer.modeling import VanillaBertForMaskedLM
 from vanilla_transformer.scripts import main as main_job
-from vanilla_transformer.training.text_data import stdlib_docstrings
-from vanilla_transformer.training.translation_data import babel_pairs
+from vanilla_transformer.scripts.training.text_data import stdlib_docstrings
+from vanilla_transformer.scripts.training.translation_data import babel_pairs
 
 
 def test_the_embedded_english_text_is_prose_and_the_same_every_time():

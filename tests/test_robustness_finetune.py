@@ -29,7 +29,7 @@ from vanilla_transformer.modeling import VanillaBertForMaskedLM, VanillaTransfor
 from vanilla_transformer.modeling.hub import save_for_hub
 from vanilla_transformer.scripts import evaluate_translation, finetune_classification, publish, visualize_attention
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
-from vanilla_transformer.training.precision import ASSUME_CPU_BF16, CpuBf16Warning
+from vanilla_transformer.scripts.training.precision import ASSUME_CPU_BF16, CpuBf16Warning
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 PAIRS = [("ein kleiner Hund läuft", "a small dog runs"), ("zwei Katzen schlafen", "two cats sleep")] * 3

@@ -1,5 +1,5 @@
 """Bad inputs and faults against the training scripts (train_translation.py, pretrain_mlm.py, train_tokenizer.py)
-and their library (vanilla_transformer.training): each gets a clear error naming the argument, file,
+and their library (vanilla_transformer.scripts.training): each gets a clear error naming the argument, file,
 line or folder and the fix, or a warning with counts; no work is lost; no checkpoint file is trusted to be data
 unless it is read as data (a pickle payload in any file of a checkpoint runs nothing).
 
@@ -20,8 +20,8 @@ from transformers import AutoTokenizer
 
 from vanilla_transformer.scripts import pretrain_mlm, train_tokenizer, train_translation
 from vanilla_transformer.tokenization import train_wordpiece_tokenizer
-from vanilla_transformer.training import checkpoints, loop
-from vanilla_transformer.training.translation_data import CorpusArguments, load_parallel
+from vanilla_transformer.scripts.training import checkpoints, loop
+from vanilla_transformer.scripts.training.translation_data import CorpusArguments, load_parallel
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 

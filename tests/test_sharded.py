@@ -39,14 +39,14 @@ from vanilla_transformer.modeling import (
     VanillaBertForMaskedLM,
     VanillaTransformerForConditionalGeneration,
 )
-from vanilla_transformer.training.checkpoints import (
+from vanilla_transformer.scripts.training.checkpoints import (
     Checkpoints,
     TrainingProgress,
     average_checkpoints,
     is_sharded,
     save_final,
 )
-from vanilla_transformer.training.loop import (
+from vanilla_transformer.scripts.training.loop import (
     LoopArguments,
     describe_engine,
     evaluation_share,

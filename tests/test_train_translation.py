@@ -1,4 +1,4 @@
-"""scripts/train_translation.py and its library (vanilla_transformer.training: batching, translation_data,
+"""scripts/train_translation.py and its library (vanilla_transformer.scripts.training: batching, translation_data,
 translation_eval and its metric modules; evaluate_translation, train_tokenizer), on a tiny corpus of Babel display-name
 pairs with a tiny model: batches by token count, data loading and its error messages, exact resumption (stopped,
 Ctrl-C), refused checkpoints, the final folder, the evaluation script and its per-sentence length limit."""
@@ -22,9 +22,9 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSe
 from vanilla_transformer.modeling import VanillaTransformerForConditionalGeneration
 from vanilla_transformer.scripts import evaluate_translation, train_tokenizer
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
-from vanilla_transformer.training.batching import sized_batches, steps_for_process, token_batches
-from vanilla_transformer.training.errors import CheckpointError
-from vanilla_transformer.training.translation_data import (
+from vanilla_transformer.scripts.training.batching import sized_batches, steps_for_process, token_batches
+from vanilla_transformer.scripts.training.errors import CheckpointError
+from vanilla_transformer.scripts.training.translation_data import (
     CorpusArguments,
     babel_pairs,
     load_parallel,
@@ -32,7 +32,7 @@ from vanilla_transformer.training.translation_data import (
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.training.translation_eval import METRICS_DIR, SourceLengthLimit, translate
+from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR, SourceLengthLimit, translate
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 PAIRS = babel_pairs("de", "en")

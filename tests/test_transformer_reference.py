@@ -195,7 +195,7 @@ def our_layer(config, cross_attention: bool) -> TransformerLayer:
         activation_dropout=0.0,
         layer_norm_eps=1e-5,
         normalize_before=config.normalize_before,
-        cross_attention=cross_attention,
+        cross_attention=MultiHeadAttention if cross_attention else None,
         config=config,
         layer_idx=0,
     ).eval()

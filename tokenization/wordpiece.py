@@ -49,6 +49,7 @@ def train_wordpiece_tokenizer(
     corpus = TrainingTexts(texts)
     tokenizer.train_from_iterator(corpus, trainer=trainer)
     corpus.check_learned(tokenizer.get_vocab_size(), vocab_size, len(SPECIAL_TOKENS))
+    tokenizer.model = _in_stable_order(tokenizer)
     cls_id, sep_id = tokenizer.token_to_id(CLS), tokenizer.token_to_id(SEP)
     tokenizer.post_processor = processors.TemplateProcessing(
         single=f"{CLS}:0 $A:0 {SEP}:0",
@@ -66,6 +67,20 @@ def train_wordpiece_tokenizer(
         # transformers 5 returns only input_ids and attention_mask unless told; BERT reads the segments too
         model_input_names=["input_ids", "token_type_ids", "attention_mask"],
     )
+
+
+def _in_stable_order(tokenizer: Tokenizer) -> models.WordPiece:
+    """The trained vocabulary in a fixed order: the special tokens first (ids 0-4), then every other piece in
+    character order. The trainer numbers pieces in the order of Rust hash maps, which changes from one run to the next
+    (the letters' ids, and with them which of two equally frequent merges comes first): the same text and seed gave
+    other token ids, so other embedding rows, other masking and other weights. WordPiece matches pieces by their text
+    (longest first), never by id, so the order changes no tokenization."""
+    model = tokenizer.model
+    pieces = sorted(token for token in tokenizer.get_vocab(with_added_tokens=False) if token not in SPECIAL_TOKENS)
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + pieces)}
+    return models.WordPiece(vocab=vocab, unk_token=model.unk_token,
+                            continuing_subword_prefix=model.continuing_subword_prefix,
+                            max_input_chars_per_word=model.max_input_chars_per_word)
 
 
 def encode_for_mlm(

@@ -1,4 +1,4 @@
-"""The training library behind the scripts, installed as `vanilla_transformer.training`:
+"""The training library behind the scripts, installed as `vanilla_transformer.scripts.training`:
 
 - `loop`: the one Accelerate training loop (`train`), its optimizer (`make_optimizer`) and learning-rate schedule
   (`make_schedule`), used by every script that trains;

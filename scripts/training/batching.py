@@ -9,7 +9,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from vanilla_transformer.training.errors import ArgumentError, DataError
+from vanilla_transformer.scripts.training.errors import ArgumentError, DataError
 
 
 def token_batches(

@@ -32,10 +32,10 @@ from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 
 from vanilla_transformer.modeling.hub import save_for_hub
-from vanilla_transformer.training.errors import ArgumentError, CheckpointError, DataWarning
+from vanilla_transformer.scripts.training.errors import ArgumentError, CheckpointError, DataWarning
 
 if TYPE_CHECKING:
-    from vanilla_transformer.training.loop import LoopArguments
+    from vanilla_transformer.scripts.training.loop import LoopArguments
 
 
 @dataclass

@@ -66,9 +66,9 @@ from torch.optim.lr_scheduler import LambdaLR
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from vanilla_transformer.training.batching import steps_for_process
-from vanilla_transformer.training.checkpoints import Checkpoints, TrainingProgress
-from vanilla_transformer.training.errors import (
+from vanilla_transformer.scripts.training.batching import steps_for_process
+from vanilla_transformer.scripts.training.checkpoints import Checkpoints, TrainingProgress
+from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
     DataError,
@@ -76,8 +76,8 @@ from vanilla_transformer.training.errors import (
     check_fraction,
     check_positive,
 )
-from vanilla_transformer.training.logs import JsonLinesLog
-from vanilla_transformer.training.precision import check_mixed_precision
+from vanilla_transformer.scripts.training.logs import JsonLinesLog
+from vanilla_transformer.scripts.training.precision import check_mixed_precision
 
 # Tied weights (embeddings = output projection) are stored once in a checkpoint, as they should be; accelerate
 # warns about it at every save.

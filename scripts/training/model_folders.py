@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from vanilla_transformer.training.errors import ArgumentError
+from vanilla_transformer.scripts.training.errors import ArgumentError
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")

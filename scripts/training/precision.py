@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vanilla_transformer.training.errors import ArgumentError
+from vanilla_transformer.scripts.training.errors import ArgumentError
 
 ASSUME_CPU_BF16 = "VANILLA_TRANSFORMER_ASSUME_CPU_BF16"  # "1" / "0": override the detection (tests; a CPU it misjudges)
 # Instructions that compute in bf16: with them oneDNN runs bf16 matmuls natively. Without them oneDNN emulates bf16

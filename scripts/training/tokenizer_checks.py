@@ -5,7 +5,7 @@ import itertools
 import warnings
 from collections.abc import Iterable
 
-from vanilla_transformer.training.errors import DataError, DataWarning
+from vanilla_transformer.scripts.training.errors import DataError, DataWarning
 
 
 def tokenizer_fingerprint(tokenizer) -> str:

@@ -27,7 +27,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 
-from vanilla_transformer.training.errors import DataError, DataFileNotFoundError, DataWarning
+from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError, DataWarning
 
 TOKENIZATION_VERSION = "2"  # bump when tokenize_pairs changes what it writes: old caches are then not reused
 

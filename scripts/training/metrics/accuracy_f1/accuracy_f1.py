@@ -1,6 +1,6 @@
 """Accuracy and F1 for classification, as an `evaluate` metric that loads offline (evaluate 0.4.6 ships no metric
 scripts): `evaluate.load(str(METRICS_DIR / "accuracy_f1"))`, METRICS_DIR from
-`vanilla_transformer.training.translation_eval` (this folder, installed with the package). Self-contained (numpy,
+`vanilla_transformer.scripts.training.translation_eval` (this folder, installed with the package). Self-contained (numpy,
 datasets, evaluate), since `evaluate.load` copies this file into its module cache and imports it from there.
 
     metric = evaluate.load(path)

@@ -1,6 +1,6 @@
 """chrF (Popović 2015) and chrF++ computed by the `sacrebleu` package, as an `evaluate` metric that loads offline
 (evaluate 0.4.6 ships no metric scripts): `evaluate.load(str(METRICS_DIR / "chrf"))`, METRICS_DIR from
-`vanilla_transformer.training.translation_eval` (this folder, installed with the package).
+`vanilla_transformer.scripts.training.translation_eval` (this folder, installed with the package).
 Self-contained, since `evaluate.load` copies this file into its module cache and imports it from there.
 
     chrf = evaluate.load(path)

@@ -1,6 +1,6 @@
 """Corpus BLEU computed by the `sacrebleu` package (Post 2018), as an `evaluate` metric that loads offline
 (evaluate 0.4.6 ships no metric scripts): `evaluate.load(str(METRICS_DIR / "sacrebleu"))`, METRICS_DIR from
-`vanilla_transformer.training.translation_eval` (this folder, installed with the package).
+`vanilla_transformer.scripts.training.translation_eval` (this folder, installed with the package).
 Self-contained, since `evaluate.load` copies this file into its module cache and imports it from there.
 
 Defaults are the standard WMT setting: detokenized, cased output against raw references, 13a tokenization,

@@ -13,7 +13,7 @@ with our `generate` and with the export (greedy, and beam search with the saved 
 reports the share of identical outputs and both sacreBLEU scores (comparison.json in the output directory).
 Translate with the result:
 
-    from vanilla_transformer.modeling.convert_ctranslate2 import CTranslate2Translator
+    from vanilla_transformer.scripts.serving.ctranslate2_translator import CTranslate2Translator
     CTranslate2Translator("outputs/multi30k/ct2-int8").translate(["Ein Hund läuft im Park."], num_beams=4)
 
 or with ctranslate2 and tokenizers alone (the model card shows how).
@@ -27,7 +27,8 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from vanilla_transformer.modeling.convert_ctranslate2 import QUANTIZATIONS, CTranslate2Translator, export_ctranslate2
+from vanilla_transformer.modeling.convert_ctranslate2 import QUANTIZATIONS, export_ctranslate2
+from vanilla_transformer.scripts.serving.ctranslate2_translator import CTranslate2Translator
 
 
 @dataclass

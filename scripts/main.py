@@ -50,7 +50,9 @@ from vanilla_transformer.scripts.pretrain_mlm import (
 )
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer, train_wordpiece_tokenizer
 from vanilla_transformer.scripts.training.batching import sized_batches
-from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, loop_optimizer, make_accelerator, train
+from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, train
+from vanilla_transformer.scripts.training.engine import make_accelerator
+from vanilla_transformer.scripts.training.optimization import loop_optimizer
 from vanilla_transformer.scripts.training.text_data import group_blocks, stdlib_docstrings
 from vanilla_transformer.scripts.training.translation_data import babel_pairs, file_pairs, read_lines
 

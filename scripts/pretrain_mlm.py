@@ -86,7 +86,7 @@ from transformers import (
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
 from vanilla_transformer.scripts.training.batching import token_batches
-from vanilla_transformer.scripts.training.checkpoints import ResumePoint, prepare_output_dir, save_final
+from vanilla_transformer.scripts.training.run_folder import ResumePoint, prepare_output_dir, save_final
 from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
@@ -95,18 +95,10 @@ from vanilla_transformer.scripts.training.errors import (
     errors_without_traceback,
 )
 from vanilla_transformer.scripts.training.logs import plot_log
-from vanilla_transformer.scripts.training.loop import (
-    LoopArguments,
-    TrainingTask,
-    end_run,
-    evaluation_share,
-    loop_optimizer,
-    make_accelerator,
-    paper_learning_rate,
-    peak_learning_rate,
-    prepare_for_training,
-    train,
-)
+from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, train
+from vanilla_transformer.scripts.training.evaluation import evaluation_share
+from vanilla_transformer.scripts.training.engine import end_run, make_accelerator, prepare_for_training
+from vanilla_transformer.scripts.training.optimization import loop_optimizer, paper_learning_rate, peak_learning_rate
 from vanilla_transformer.scripts.training.text_data import group_blocks
 from vanilla_transformer.scripts.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
 from vanilla_transformer.scripts.training.translation_data import (

@@ -26,7 +26,6 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 import vanilla_transformer.modeling  # noqa: F401  (registers our classes with the Auto classes)
 from vanilla_transformer.scripts.training.model_folders import (
     ModelFolderError,
-    check_finite_weights,
     check_model_folder,
     check_not_the_model_folder,
     check_tokenizer_fits,
@@ -80,8 +79,7 @@ def load_model(model_dir: str):
     model_class = next((cls for cls in classes.values() if cls.__name__ == architecture), None)
     if model_class is None:
         raise SystemExit(f"{model_dir}: architecture {architecture} is not one of ours ({sorted(c.__name__ for c in classes.values())})")
-    model = model_class.from_pretrained(model_dir)
-    check_finite_weights(model, model_dir)
+    model = model_class.from_pretrained(model_dir)  # refuses NaN or inf weights (HubFolders)
     return model
 
 

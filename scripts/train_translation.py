@@ -47,13 +47,8 @@ from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
 from vanilla_transformer.scripts.training.batching import token_batches
-from vanilla_transformer.scripts.training.checkpoints import (
-    ResumePoint,
-    average_checkpoints,
-    is_sharded,
-    prepare_output_dir,
-    save_final,
-)
+from vanilla_transformer.scripts.training.checkpoints import average_checkpoints, is_sharded
+from vanilla_transformer.scripts.training.run_folder import ResumePoint, prepare_output_dir, save_final
 from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
@@ -64,19 +59,10 @@ from vanilla_transformer.scripts.training.errors import (
     errors_without_traceback,
 )
 from vanilla_transformer.scripts.training.logs import plot_log
-from vanilla_transformer.scripts.training.loop import (
-    LoopArguments,
-    TrainingTask,
-    end_run,
-    evaluation_share,
-    loop_optimizer,
-    make_accelerator,
-    mean_loss,
-    paper_learning_rate,
-    peak_learning_rate,
-    prepare_for_training,
-    train,
-)
+from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, train
+from vanilla_transformer.scripts.training.evaluation import evaluation_share, mean_loss
+from vanilla_transformer.scripts.training.engine import end_run, make_accelerator, prepare_for_training
+from vanilla_transformer.scripts.training.optimization import loop_optimizer, paper_learning_rate, peak_learning_rate
 from vanilla_transformer.scripts.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
 from vanilla_transformer.scripts.training.translation_data import (
     CorpusArguments,
@@ -138,7 +124,7 @@ class TranslationArguments:
             raise ArgumentError("--length_penalties: give at least one")
 
 
-# Arguments of the evaluation only: a resumed run may change them (checkpoints.CHANGEABLE_ON_RESUME has the rest).
+# Arguments of the evaluation only: a resumed run may change them (run_folder.CHANGEABLE_ON_RESUME has the rest).
 EVALUATION_ONLY = ("num_beams", "length_penalties", "eval_batch_size")
 
 

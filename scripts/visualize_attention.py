@@ -41,6 +41,7 @@ from transformers import (  # noqa: E402
 )
 
 import vanilla_transformer.modeling  # noqa: E402, F401  (registers our models: our folders load without their code)
+from vanilla_transformer.modeling.hub import HubFolders  # noqa: E402
 from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback  # noqa: E402
 from vanilla_transformer.scripts.training.model_folders import (  # noqa: E402
     check_finite_weights,
@@ -99,7 +100,8 @@ def load(model_dir: str, trust_remote_code: bool = False) -> tuple[PreTrainedMod
     auto_class = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModel
     model = auto_class.from_pretrained(model_dir, trust_remote_code=trust_remote_code).eval()
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=trust_remote_code)
-    check_finite_weights(model, model_dir)
+    if not isinstance(model, HubFolders):  # ours refused NaN/inf weights in from_pretrained; others (BERT) did not
+        check_finite_weights(model, model_dir)
     check_tokenizer_fits(tokenizer, model.config, model_dir)
     return model, tokenizer
 

@@ -15,8 +15,8 @@ import safetensors.torch
 import torch
 
 
-from vanilla_transformer.scripts.training.loop import (
-    LoopArguments,
+from vanilla_transformer.scripts.training.loop import LoopArguments
+from vanilla_transformer.scripts.training.optimization import (
     learning_rate_factor,
     loop_optimizer,
     make_optimizer,

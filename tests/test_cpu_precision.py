@@ -12,7 +12,8 @@ import torch
 
 from vanilla_transformer.scripts import pretrain_mlm, train_translation
 from vanilla_transformer.scripts.training import precision as cpu_precision
-from vanilla_transformer.scripts.training.loop import LoopArguments, make_accelerator
+from vanilla_transformer.scripts.training.loop import LoopArguments
+from vanilla_transformer.scripts.training.engine import make_accelerator
 from vanilla_transformer.scripts.training.precision import (
     ASSUME_CPU_BF16,
     CpuBf16Support,

@@ -16,8 +16,9 @@ from vanilla_transformer.modeling import (  # noqa: E402
     VanillaTransformerForConditionalGeneration,
 )
 from vanilla_transformer.modeling import convert_ctranslate2  # noqa: E402
-from vanilla_transformer.modeling.convert_ctranslate2 import CTranslate2Translator, export_ctranslate2  # noqa: E402
+from vanilla_transformer.modeling.convert_ctranslate2 import export_ctranslate2  # noqa: E402
 from vanilla_transformer.modeling.hub import save_for_hub  # noqa: E402
+from vanilla_transformer.scripts.serving.ctranslate2_translator import CTranslate2Translator  # noqa: E402
 from vanilla_transformer.tokenization import (  # noqa: E402
     special_token_ids,
     train_bpe_tokenizer,

@@ -19,7 +19,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.scripts import finetune_classification, pretrain_mlm
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
-from vanilla_transformer.scripts.training.loop import mean_loss
+from vanilla_transformer.scripts.training.evaluation import mean_loss
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 SENTENCE = "the cat eats [MASK] in the garden ."  # the templated text of conftest's mlm_documents

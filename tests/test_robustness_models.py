@@ -153,6 +153,45 @@ def test_weights_turned_into_nan_by_a_flipped_bit_are_refused(tmp_path, tiny_tra
     assert not all(torch.isfinite(p).all() for p in model.parameters())
 
 
+def nan_folder(folder, model, tokenizer):
+    """`model` saved with one NaN weight, as a diverged run leaves it, with its tokenizer."""
+    with torch.no_grad():
+        model.get_input_embeddings().weight[3, 0] = float("nan")
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+COMMANDS = ["publish", "evaluate_translation", "visualize_attention", "finetune_classification"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_the_commands_refuse_nan_weights_of_our_folders_through_from_pretrained(
+    command, tmp_path, tiny_transformer_config, tiny_bert_config, finetune_args, finetune_rows, finetune_tokenizer
+):
+    """One check of non-finite weights for our folders: our classes' from_pretrained (HubFolders). The commands that
+    load a folder of ours get its refusal, with its message."""
+    import importlib
+
+    script = importlib.import_module(f"vanilla_transformer.scripts.{command}")
+    if command == "finetune_classification":
+        model = VanillaBertForMaskedLM(tiny_bert_config(vocab_size=len(finetune_tokenizer)))
+        folder = nan_folder(tmp_path / "model", model, finetune_tokenizer)
+        (tmp_path / "train.tsv").write_text("".join(f"{text}\t{label}\n" for text, label in finetune_rows))
+        argv = ["--model_name_or_path", str(folder), *finetune_args(tmp_path / "out", train_file=tmp_path / "train.tsv")]
+    else:
+        tokenizer = train_bpe_tokenizer(["ein Hund läuft.", "a dog runs."] * 10, vocab_size=60, show_progress=False)
+        model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(vocab_size=len(tokenizer)))
+        folder = nan_folder(tmp_path / "model", model, tokenizer)
+        argv = {
+            "publish": ["--output_dir", str(tmp_path / "hub")],
+            "evaluate_translation": ["--split", str(tmp_path / "test"), "--output_file", str(tmp_path / "scores.json")],
+            "visualize_attention": ["--text", "ein Hund läuft.", "--output_dir", str(tmp_path / "maps")],
+        }[command] + ["--model_dir", str(folder)]
+    with pytest.raises(ValueError, match=f"{folder}: 1 weight tensor\\(s\\) hold NaN or inf values .*embed_tokens"):
+        script.main(argv)
+
+
 def test_a_weights_file_cut_short_is_named(tmp_path, tiny_transformer_config):
     weights = saved_model(tmp_path, tiny_transformer_config())
     weights.write_bytes(weights.read_bytes()[:-100])

@@ -20,7 +20,7 @@ from transformers import AutoTokenizer
 
 from vanilla_transformer.scripts import pretrain_mlm, train_tokenizer, train_translation
 from vanilla_transformer.tokenization import train_wordpiece_tokenizer
-from vanilla_transformer.scripts.training import checkpoints, loop
+from vanilla_transformer.scripts.training import checkpoints, loop, optimization
 from vanilla_transformer.scripts.training.translation_data import CorpusArguments, load_parallel
 
 SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
@@ -400,7 +400,7 @@ def test_a_nan_loss_or_metric_stops_training_without_saving_it(tmp_path, failure
     model = torch.nn.Linear(2, 1)
     args = loop.LoopArguments(output_dir=str(tmp_path), max_steps=4, save_steps=2, logging_steps=1, eval_steps=2,
                               learning_rate=1e-3)
-    optimizer, scheduler = loop.loop_optimizer(model, args, 1e-3)
+    optimizer, scheduler = optimization.loop_optimizer(model, args, 1e-3)
     model, optimizer, scheduler = accelerator.prepare(model, optimizer, scheduler)
 
     def loss(model, batch, num_items):

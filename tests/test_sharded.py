@@ -44,17 +44,12 @@ from vanilla_transformer.scripts.training.checkpoints import (
     TrainingProgress,
     average_checkpoints,
     is_sharded,
-    save_final,
 )
-from vanilla_transformer.scripts.training.loop import (
-    LoopArguments,
-    describe_engine,
-    evaluation_share,
-    make_optimizer,
-    make_schedule,
-    mean_loss,
-    prepare_for_training,
-)
+from vanilla_transformer.scripts.training.run_folder import save_final
+from vanilla_transformer.scripts.training.loop import LoopArguments
+from vanilla_transformer.scripts.training.evaluation import evaluation_share, mean_loss
+from vanilla_transformer.scripts.training.engine import describe_engine, prepare_for_training
+from vanilla_transformer.scripts.training.optimization import make_optimizer, make_schedule
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "scripts" / "accelerate_configs"

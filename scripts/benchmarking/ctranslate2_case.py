@@ -22,7 +22,7 @@ def _peak_rss_mb(engine: str, folder: str, sources: list[list[int]], options: di
 
     torch.set_num_threads(threads)
     if engine == "ctranslate2":
-        from vanilla_transformer.modeling.convert_ctranslate2 import CTranslate2Translator
+        from vanilla_transformer.scripts.serving.ctranslate2_translator import CTranslate2Translator
 
         before = resident_mb()
         translator = CTranslate2Translator(folder, intra_threads=threads)
@@ -51,7 +51,8 @@ def case_ctranslate2(args) -> list[Result]:
     import multiprocessing
     import tempfile
 
-    from vanilla_transformer.modeling.convert_ctranslate2 import CTranslate2Translator, export_ctranslate2
+    from vanilla_transformer.modeling.convert_ctranslate2 import export_ctranslate2
+    from vanilla_transformer.scripts.serving.ctranslate2_translator import CTranslate2Translator
     from vanilla_transformer.modeling.hub import save_for_hub
 
     cuda = args.device == "cuda"

@@ -1,6 +1,6 @@
-"""The one Accelerate training loop of the project, its optimizer and its learning-rate schedule: every script that
-trains goes through here (the main job, translation, masked-LM pretraining; the classification fine-tuning runs on
-transformers' Trainer with this optimizer and schedule).
+"""The one Accelerate training loop of the project: every command that trains goes through here (translation and
+masked-LM pretraining, and so the main job, through `run.py`; the fine-tuning commands run on transformers' Trainer
+with the same optimizer, schedule and run-folder policy).
 
 A script brings its model, data and loss as a `TrainingTask`; `train()` does the rest, the same way on one CPU,
 one GPU or several processes (`accelerate launch`), with mixed precision, gradient accumulation and clipping:
@@ -9,12 +9,9 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
   token count, `sized_batches` by example count); `steps_for_process` groups them into optimizer steps of
   num_processes x accumulation micro-batches and hands each process its share. A global step therefore holds the same
   examples whatever the number of processes: 2 processes x 1 micro-batch = 1 process x 2 accumulated micro-batches.
-- Optimizer and schedule: `make_optimizer` (Adam, the paper's betas and epsilon by default) and `make_schedule`
-  (`learning_rate_factor`: linear warmup, then the paper's inverse square root decay, or a linear decay to 0 for a
-  run of known length); `loop_optimizer` builds both from a run's `LoopArguments`. `--lr_schedule one_cycle` decays
-  linearly to 0 at the end of the run, whichever of --max_steps, --num_epochs and --max_train_minutes ends it
-  (`run_fraction`): with a time budget the schedule follows the clock, as Cramming's does (Geiping and Goldstein
-  2023), so that a slower machine takes fewer steps and still ends at learning rate 0.
+- Optimizer and schedule (`optimization.py`): Adam with the paper's betas and epsilon, linear warmup then the
+  paper's inverse square root decay, or one cycle that ends with the run (`--lr_schedule one_cycle`: whichever of
+  --max_steps, --num_epochs and --max_train_minutes ends it, so a slower machine still anneals to 0).
 - Loss: the task returns a token-level sum divided by the number of target items of the whole global step
   (summed over processes and micro-batches); times num_processes, since DDP averages gradients. Each step's
   gradient is then the mean over every item of the global batch, however it is split.
@@ -23,10 +20,8 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
   safetensors and JSON, no pickle, so that resuming never runs code that a checkpoint file brings. The data order
   is a function of (seed, epoch), re-created and skipped on `--resume`, so a killed and resumed run ends with the
   same weights as an uninterrupted one. Checkpoints are written to a temporary folder and renamed when complete.
-- Before any data is read (`prepare_output_dir`): the output folder is writable; a fresh run does not mix with an
-  earlier run's outputs; `--resume` finds a checkpoint whose run had the same arguments (those that shape the
-  trajectory: learning rate, model, data, seed...; the stopping, logging and saving ones may change), so that what
-  `training_args.json` records is what ran.
+- The run folder (`run_folder.py`, one policy for every command): checked before any data is read; `--resume`
+  continues a run with the same arguments but for when to stop, logging and saving.
 - Refusals and warnings (`errors.py`): `ArgumentError`, `DataError`, `CheckpointError` and `TrainingError` (a loss
   or metric that is not finite) name the argument, file or folder and the fix;
   the scripts print them without a traceback (`errors_without_traceback`).
@@ -38,10 +33,9 @@ one GPU or several processes (`accelerate launch`), with mixed precision, gradie
 - Precision (`precision.py`): `--mixed_precision bf16` on a CPU without native bf16 trains in fp32 instead, with a
   warning, before any data is read (`--force_bf16` insists). What ran is what `training_args.json` records
   (`mixed_precision`; `requested_mixed_precision` beside it).
-- Engines (docs/scaling.md): one process, DDP on one or several machines, FSDP2. `make_accelerator` logs which runs
-  (`describe_engine`). Under FSDP2 every forward pass is a collective: evaluations give every process the same number
-  of forward passes (`evaluation_share`), checkpoints and the final folder hold the whole weights (checkpoints.py),
-  and `--gradient_checkpointing` is the model's own activation checkpointing (`prepare_for_training`).
+- Engines (`engine.py`, docs/scaling.md): one process, DDP on one or several machines, FSDP2. Under FSDP2 every
+  forward pass is a collective: evaluations give every process the same number of forward passes
+  (`evaluation_share`), checkpoints and the final folder hold the whole weights.
 
 Multi-process on CPU, one machine (accelerate's `--cpu` launches a single process unless run under mpirun;
 torchrun's launcher with ACCELERATE_USE_CPU does it):
@@ -52,17 +46,13 @@ import contextlib
 import json
 import logging
 import math
-import os
-import signal
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from accelerate import Accelerator, PartialState
-from accelerate.utils import DistributedType, parse_choice_from_env, parse_flag_from_env
-from torch.optim.lr_scheduler import LambdaLR
+from accelerate import Accelerator
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -71,13 +61,14 @@ from vanilla_transformer.scripts.training.checkpoints import Checkpoints, Traini
 from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     CheckpointError,
-    DataError,
     TrainingError,
     check_fraction,
     check_positive,
 )
+from vanilla_transformer.scripts.training.engine import StopSignals
+from vanilla_transformer.scripts.training.evaluation import to_device
 from vanilla_transformer.scripts.training.logs import JsonLinesLog
-from vanilla_transformer.scripts.training.precision import check_mixed_precision
+from vanilla_transformer.scripts.training.optimization import run_fraction
 
 # Tied weights (embeddings = output projection) are stored once in a checkpoint, as they should be; accelerate
 # warns about it at every save.
@@ -163,145 +154,6 @@ class LoopArguments:
             raise ArgumentError(f"--weight_decay must be 0 or more, got {self.weight_decay}")
 
 
-def peak_learning_rate(args: "LoopArguments", default: float) -> float:
-    """--learning_rate when given (0 is refused, not replaced), else the script's rule (`default`)."""
-    return default if args.learning_rate is None else args.learning_rate
-
-
-def make_accelerator(args: LoopArguments) -> Accelerator:
-    """The run's Accelerator, in the precision `check_mixed_precision` allows on this device (checked before any data
-    is read). Sets `args.mixed_precision` to the precision that runs and `args.requested_mixed_precision` to the one
-    asked for (the option, else accelerate launch's setting), so that the recorded arguments say what ran."""
-    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))  # the device, as Accelerator will find it
-    requested = (args.mixed_precision or parse_choice_from_env("ACCELERATE_MIXED_PRECISION", "no")).lower()
-    effective = check_mixed_precision(requested, state.device, force_bf16=args.force_bf16,
-                                      warn=state.is_local_main_process)
-    accelerator = Accelerator(
-        # unchanged: as before (None: accelerate launch's setting); changed: the fallback, explicitly
-        mixed_precision=args.mixed_precision if effective == requested else effective,
-        log_with=args.report_to,
-        project_dir=args.output_dir,
-        # Our scheduler counts optimizer steps. Stepped with the optimizer, accelerate would step it once per
-        # process (it assumes the per-process data shrinks with more processes; here the global batch is fixed).
-        step_scheduler_with_optimizer=False,
-    )
-    if accelerator.mixed_precision != "no" and not accelerator.native_amp:
-        # accelerate would silently train in fp32 (it has no fp16 autocast on CPU)
-        raise ArgumentError(f"--mixed_precision {accelerator.mixed_precision} is not available on "
-                         f"{accelerator.device.type}; use bf16 on CPU, fp16 or bf16 on GPU")
-    args.requested_mixed_precision = requested
-    args.mixed_precision = accelerator.mixed_precision
-    accelerator.print(describe_engine(accelerator))
-    return accelerator
-
-
-def describe_engine(accelerator: Accelerator) -> str:
-    """One line for the log: the engine that runs the training (none, DDP, FSDP, DeepSpeed ZeRO), processes and
-    machines. The machines are counted from the launcher's processes per machine (torchrun's LOCAL_WORLD_SIZE)."""
-    kind = accelerator.distributed_type
-    if kind == DistributedType.NO:
-        engine = "none (one process)"
-    elif kind == DistributedType.FSDP:
-        engine = f"FSDP{getattr(accelerator.state.fsdp_plugin, 'fsdp_version', 1)}"
-    elif kind == DistributedType.DEEPSPEED:
-        engine = f"DeepSpeed ZeRO-{accelerator.state.deepspeed_plugin.zero_stage}"
-    elif kind.value.startswith("MULTI_"):
-        engine = f"DDP ({kind.value.removeprefix('MULTI_')})"
-    else:
-        engine = kind.value
-    processes = accelerator.num_processes
-    machines = max(1, processes // int(os.environ.get("LOCAL_WORLD_SIZE", processes)))
-    return (f"engine: {engine}, {processes} process{'es' * (processes > 1)} on {machines} "
-            f"machine{'s' * (machines > 1)}, {accelerator.device.type}, mixed precision {accelerator.mixed_precision}")
-
-
-def prepare_for_training(accelerator: Accelerator, args: LoopArguments, model, optimizer, scheduler) -> tuple:
-    """`accelerator.prepare(model, optimizer, scheduler)` for `train()`, after what must come before it: with
-    --gradient_checkpointing the model's own activation checkpointing, which recomputes each layer in the backward
-    pass with the forward pass's RNG state, so that dropout draws the same masks and the gradients are those of the
-    loss computed (accelerate's `fsdp_activation_checkpointing` does not restore the RNG state: docs/scaling.md)."""
-    if args.gradient_checkpointing:
-        # the name since transformers 5.23 (gradient_checkpointing_enable before, deprecated since)
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
-    return accelerator.prepare(model, optimizer, scheduler)
-
-
-# --------------------------------------------------------------------------------- optimizer and schedule
-
-
-def learning_rate_factor(step: int, warmup_steps: int, total_steps: int | None = None,
-                         run_fraction: float | None = None) -> float:
-    """The learning rate of optimizer step `step` (counted from 1) as a fraction of its peak: a linear warmup to the
-    peak at `warmup_steps`, then the paper's inverse square root decay, sqrt(warmup_steps / step) (section 5.3); or,
-    given the run's `total_steps`, a linear decay to 0 after the last step (BERT's fine-tuning schedule); or, given
-    `run_fraction` (how much of the run is done, 0 to 1, see `run_fraction`), one cycle: the lower of the warmup
-    line and a line from the peak at the start of the run down to 0 at its end."""
-    warmup = step / warmup_steps if warmup_steps else 1.0
-    if run_fraction is not None:
-        return max(0.0, min(warmup, 1.0, 1.0 - run_fraction))
-    if total_steps is None:
-        if warmup_steps < 1:
-            raise ArgumentError(f"--warmup_steps {warmup_steps}: the inverse square root decay needs at least 1")
-        return min(warmup, (warmup_steps / step) ** 0.5)
-    return min(warmup, 1.0, max(0.0, (total_steps - step + 1) / max(1, total_steps - warmup_steps)))
-
-
-def paper_learning_rate(d_model: int, warmup_steps: int, factor: float = 1.0) -> float:
-    """The peak of lrate = d_model^-0.5 * min(step^-0.5, step * warmup^-1.5), reached at step = warmup:
-    d_model^-0.5 * warmup^-0.5 (times `factor`)."""
-    return factor * d_model**-0.5 * warmup_steps**-0.5
-
-
-def make_optimizer(model: torch.nn.Module, learning_rate: float, betas: tuple[float, float] = (0.9, 0.98),
-                   eps: float = 1e-9, weight_decay: float = 0.0) -> torch.optim.AdamW:
-    """Adam (defaults: the paper's betas and epsilon, section 5.3) at `learning_rate`, with decoupled weight decay on
-    the weight matrices and embeddings only: biases and norm scales (one dimension) are not decayed."""
-    parameters = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in parameters if p.ndim >= 2], "weight_decay": weight_decay},
-              {"params": [p for p in parameters if p.ndim < 2], "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=learning_rate, betas=betas, eps=eps)
-
-
-def run_fraction(args: LoopArguments, steps: int, epochs: float, seconds: float) -> float:
-    """How much of the run is done, 0 to 1, after `steps` optimizer steps, `epochs` passes over the data and `seconds`
-    of training: the largest of steps / --max_steps, epochs / --num_epochs and seconds / --max_train_minutes, since
-    the run stops when the first of them reaches 1."""
-    done = [0.0]
-    if args.max_steps is not None:
-        done.append(steps / args.max_steps)
-    if args.num_epochs is not None:
-        done.append(epochs / args.num_epochs)
-    if args.max_train_minutes is not None:
-        done.append(seconds / (60 * args.max_train_minutes))
-    return min(1.0, max(done))
-
-
-class Schedule(LambdaLR):
-    """`learning_rate_factor` as a scheduler, stepped once per optimizer step. With `one_cycle`, the factor reads
-    `run_fraction`: how much of the run will be done after the current step, set by `train()` before each step. The
-    state_dict holds it, so that a resumed run goes on from where it stopped."""
-
-    def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None,
-                 one_cycle: bool = False):
-        self.run_fraction = 0.0 if one_cycle else None
-        # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0).
-        super().__init__(optimizer, lambda index: learning_rate_factor(index + 1, warmup_steps, total_steps,
-                                                                      self.run_fraction))
-
-
-def make_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None,
-                  one_cycle: bool = False) -> Schedule:
-    """`learning_rate_factor` as a scheduler, stepped once per optimizer step (`one_cycle`: see `Schedule`)."""
-    return Schedule(optimizer, warmup_steps, total_steps, one_cycle)
-
-
-def loop_optimizer(model: torch.nn.Module, args: "LoopArguments", learning_rate: float):
-    """The optimizer and schedule of a run of `train()`, from its arguments: (optimizer, scheduler)."""
-    optimizer = make_optimizer(model, learning_rate, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_epsilon,
-                               weight_decay=args.weight_decay)
-    return optimizer, make_schedule(optimizer, args.warmup_steps, one_cycle=args.lr_schedule == "one_cycle")
-
-
 # ------------------------------------------------------------------------------------------------ the task
 
 
@@ -346,74 +198,6 @@ class TrainOutcome:
     stop_reason: str
     checkpoint: Path
     metrics: dict  # the evaluation at the last step ({} when stopped early or without `task.evaluate`)
-
-
-def evaluation_share(items: Sequence, num_processes: int, process_index: int) -> tuple[list, list]:
-    """(this process's share of `items`, padding): every num_processes-th item from the process's own index, and
-    copies of the first item up to the size of the largest share. Score the share; run the padding through the
-    model too, without counting it. Every process then makes the same number of forward passes (or `generate`
-    calls), as a model sharded by FSDP2 needs: each of its forward passes is a collective. Under DDP and in one
-    process the scores are those of the share alone."""
-    mine = list(items[process_index::num_processes])
-    missing = -(-len(items) // num_processes) - len(mine)  # the largest share's size, less this one's
-    return mine, [items[0]] * missing if missing else []
-
-
-@torch.no_grad()
-def mean_loss(accelerator: Accelerator, model: torch.nn.Module, batches: Sequence,
-              collate: Callable[[object], dict] = lambda batch: batch) -> float:
-    """Validation loss per item (target token, masked token) over `batches`, the same list on every process: each
-    process scores its share (`evaluation_share`), `collate` making each of its batches a dict of tensors (default:
-    they are already), and the summed losses and item counts (labels != -100) of all processes are added up. The
-    model must reduce its loss as sum / num_items_in_batch. Runs the bare model: a DDP forward is a collective (its
-    buffer broadcast), which an evaluation in eval mode does not need."""
-    model = accelerator.unwrap_model(model)
-    mine, padding = evaluation_share(batches, accelerator.num_processes, accelerator.process_index)
-
-    def summed_loss(batch) -> tuple[torch.Tensor, torch.Tensor]:
-        batch = _to_device(collate(batch), accelerator.device)
-        with accelerator.autocast():
-            loss = model(**batch, num_items_in_batch=1).loss.float()  # num_items_in_batch=1: the sum
-        return loss, (batch["labels"] != -100).sum()
-
-    totals = torch.zeros(2, device=accelerator.device)  # summed loss, items
-    for batch in mine:
-        loss, items = summed_loss(batch)
-        totals[0] += loss
-        totals[1] += items
-    for batch in padding:  # the same number of forward passes on every process; not counted
-        summed_loss(batch)
-    totals = accelerator.reduce(totals, "sum")
-    if totals[1] == 0:
-        raise DataError("the validation data gives no item to score (no target or masked token): give more "
-                        "validation data")
-    return (totals[0] / totals[1]).item()
-
-
-# ------------------------------------------------------------------------------------------------- signals
-
-
-class StopSignals:
-    """Ctrl-C (SIGINT) and SIGTERM ask the loop to finish its step, save a checkpoint and stop. Repeated signals
-    change nothing: under `accelerate launch` the launcher forwards the terminal's Ctrl-C to the processes, which
-    get it twice (Ctrl-\\ quits at once)."""
-
-    def __init__(self):
-        self.received: int | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        with contextlib.suppress(ValueError):  # signal handlers can only be set in the main thread
-            for signum in (signal.SIGINT, signal.SIGTERM):
-                self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc):
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-    def _handle(self, signum, frame):
-        self.received = signum  # no printing here: the handler may interrupt a write to the same stream
 
 
 # ---------------------------------------------------------------------------------------------------- the loop
@@ -478,7 +262,7 @@ def train(
                                 generator=torch.Generator())
             micro_batches = iter(loader)
             for _ in range(len(steps) - progress.step_in_epoch):
-                step_batches = [_to_device(next(micro_batches), accelerator.device)
+                step_batches = [to_device(next(micro_batches), accelerator.device)
                                 for _ in range(args.gradient_accumulation_steps)]
                 if getattr(schedule, "run_fraction", None) is not None:  # --lr_schedule one_cycle: after this step
                     schedule.run_fraction = run_fraction(
@@ -528,18 +312,6 @@ def train(
                         checkpoints.all()[-1], last_eval.get("metrics", {}) if completed else {})
 
 
-def end_run(accelerator: Accelerator) -> None:
-    """The end of a run, called by every process after it has rebound its prepared model to the bare one
-    (`model = accelerator.unwrap_model(model)`, which closures over `model` see too). The DDP wrapper holds the
-    process group; freed only when the run's function returns, after another process has exited, its gloo threads
-    wait for that process forever (seen with 2 processes under accelerate launch). So: drop accelerate's references
-    (the wrapper is freed here, every process still present), wait for all, then destroy the process group."""
-    accelerator.wait_for_everyone()
-    accelerator.free_memory()
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
-
-
 def _set_aside_final(accelerator, output_dir: Path, step: int) -> None:
     """A resumed run that trains on makes final/ of the run it continues stale: keep it, as final-step-N, rather
     than leave it beside the newer checkpoints as if it were their model (or overwrite it at the end)."""
@@ -575,10 +347,6 @@ def _agreed_seconds(accelerator, seconds: float) -> float:
     if accelerator.num_processes == 1:
         return seconds
     return accelerator.gather(torch.tensor([seconds], device=accelerator.device)).max().item()
-
-
-def _to_device(batch: dict, device) -> dict:
-    return {key: value.to(device) for key, value in batch.items()}
 
 
 def _optimizer_step(accelerator, model, optimizer, scheduler, task, args, step_batches, window) -> None:

@@ -207,7 +207,9 @@ def _check_weights(folder: Path, option: str) -> None:
 
 def check_finite_weights(model: torch.nn.Module, where: str) -> None:
     """Refuse a model with NaN or inf in its weights: what a diverged training run saves. Its outputs would be
-    garbage reported as a result (a BLEU of 0, the accuracy of one class, an empty heatmap)."""
+    garbage reported as a result (a BLEU of 0, the accuracy of one class, an empty heatmap). For the models that did
+    not come through our classes' `from_pretrained`, which refuses them itself (`HubFolders`): a transformers model
+    (Marian, BERT), or one built from it (`convert_bert_to_vanilla`)."""
     tensors = {name: t for name, t in model.state_dict().items() if t.is_floating_point()}
     bad = [name for name, t in tensors.items() if not torch.isfinite(t).all()]
     if bad:

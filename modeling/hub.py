@@ -8,9 +8,7 @@ neither family (each declares its Auto classes and pipelines on its own PreTrain
 BERT's code and the encoder-decoder's folder its own (`tests/test_hub_folders.py` lists both).
 """
 
-import inspect
 import itertools
-import shutil
 from pathlib import Path
 
 import torch
@@ -34,7 +32,7 @@ def enable_pipelines(model: PreTrainedModel) -> None:
     """Declare the family's pipelines (translation, text2text-generation) in the config: transformers 5 looks up
     `config.custom_pipelines` before its own (removed) tasks, for a saved folder and for a model in memory:
     `pipeline("translation", model=m, tokenizer=tok, config=m.config, pipeline_class=TranslationPipeline)`."""
-    pipelines = model.hub_pipelines()
+    pipelines = model.hub_pipelines() if isinstance(model, HubFolders) else {}
     if pipelines:
         own_auto_class = _own_auto_class(model)
         if own_auto_class is None:
@@ -84,13 +82,11 @@ class HubFolders:
         """{task: pipeline class} for the tasks the family serves that transformers lacks: none unless declared."""
         return {}
 
-    def save_pretrained(self, save_directory, *args, is_main_process: bool = True, **kwargs):
-        if prepare_for_hub(self) and is_main_process:
-            # Before transformers' save: with push_to_hub=True it uploads the folder as soon as it has written it.
-            Path(save_directory).mkdir(parents=True, exist_ok=True)
-            for pipeline_class in self.hub_pipelines().values():
-                shutil.copy(inspect.getfile(pipeline_class), save_directory)  # custom_pipelines' "impl" lives here
-        return super().save_pretrained(save_directory, *args, is_main_process=is_main_process, **kwargs)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        # transformers' save then copies the code: the modules of the classes marked here and what they import, the
+        # family's pipeline module among them (custom_pipelines' "impl")
+        prepare_for_hub(self)
+        return super().save_pretrained(save_directory, *args, **kwargs)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path, *args, allow_non_finite_weights: bool = False, **kwargs):

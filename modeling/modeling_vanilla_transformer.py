@@ -99,7 +99,7 @@ class VanillaTransformerPreTrainedModel(HubFolders, PreTrainedModel):
     @staticmethod
     def hub_pipelines() -> dict[str, type]:
         """The pipelines transformers 5 removed, which a saved folder declares in config.json's custom_pipelines and
-        carries beside the model files (`hub.py`)."""
+        carries beside the model files: imported by this module, their module is copied with it (`hub.py`)."""
         return {"translation": TranslationPipeline, "text2text-generation": Text2TextGenerationPipeline}
 
     @torch.no_grad()

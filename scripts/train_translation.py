@@ -34,35 +34,29 @@ counted in a warning.
 """
 
 import functools
-import json
 import os
 import sys
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
-from accelerate.utils import gather_object, set_seed
-from transformers import AutoTokenizer, DataCollatorForSeq2Seq, HfArgumentParser
+from transformers import DataCollatorForSeq2Seq, HfArgumentParser
 
 from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
 from vanilla_transformer.scripts.training.batching import token_batches
-from vanilla_transformer.scripts.training.checkpoints import average_checkpoints, is_sharded
-from vanilla_transformer.scripts.training.run_folder import ResumePoint, prepare_output_dir, save_final
+from vanilla_transformer.scripts.training.embedded_corpora import embedded_dataset, is_embedded
 from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
-    CheckpointError,
     DataError,
     DataFileNotFoundError,
     check_fraction,
     check_positive,
     errors_without_traceback,
 )
-from vanilla_transformer.scripts.training.logs import plot_log
-from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, train
-from vanilla_transformer.scripts.training.evaluation import evaluation_share, mean_loss
-from vanilla_transformer.scripts.training.engine import end_run, make_accelerator, prepare_for_training
-from vanilla_transformer.scripts.training.optimization import loop_optimizer, paper_learning_rate, peak_learning_rate
+from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, TrainOutcome
+from vanilla_transformer.scripts.training.optimization import paper_learning_rate
+from vanilla_transformer.scripts.training.run import Recipe, RunContext, run_tokenizer
+from vanilla_transformer.scripts.training.run import run as run_recipe
 from vanilla_transformer.scripts.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
 from vanilla_transformer.scripts.training.translation_data import (
     CorpusArguments,
@@ -72,13 +66,14 @@ from vanilla_transformer.scripts.training.translation_data import (
     tokenize_pairs,
     trainable_pairs,
 )
-from vanilla_transformer.scripts.training.translation_eval import generation_batches, load_metrics, score, translate_batch
+from vanilla_transformer.scripts.training.translation_eval import choose_on_validation, load_metrics, validate
 
 
 @dataclass
 class TranslationArguments:
     train_split: str = field(metadata={"help": "training pairs: a prefix of {split}.{lang}[.gz] files, a .tsv/.jsonl "
-                                               "file, or a split name with --dataset_name"})
+                                               "file, a split name with --dataset_name, or an embedded corpus "
+                                               "(embedded:cldr-de-en:train)"})
     validation_split: str = field(metadata={"help": "validation pairs, likewise: loss, BLEU and every choice"})
     tokenizer: str | None = field(
         default=None, metadata={"help": "a saved tokenizer folder (scripts/train_tokenizer.py); default: train a "
@@ -151,133 +146,113 @@ def model_config(args: TranslationArguments, tokenizer=None) -> VanillaTransform
         raise ArgumentError(f"the model arguments do not make a model: {error}") from None
 
 
-def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments):
-    accelerator = make_accelerator(loop)
-    output_dir = Path(loop.output_dir)
-    set_seed(loop.seed)
+class TranslationRecipe(Recipe):
+    """What a translation run brings to the one run (`training.run`): parallel data and a joint BPE, the
+    encoder-decoder of the paper's size arguments, the paper's learning rate, label-smoothed loss on token-count
+    batches, validation loss and beam-search BLEU, and at the end the weights and length penalty chosen on the
+    validation set."""
 
-    # What can be checked before any data is read: the model arguments, the data paths, the tokenizer folder, the
-    # output folder, and --resume against the checkpoint's arguments.
-    model_config(args)
-    for split in (args.train_split, args.validation_split):
-        split_files(split, corpus)
-    if args.tokenizer and not Path(args.tokenizer).is_dir() and (os.sep in args.tokenizer or
-                                                                 args.tokenizer.startswith(".")):
-        raise DataFileNotFoundError(f"--tokenizer {args.tokenizer}: no such folder")
-    arguments = all_arguments(args, corpus, loop)
-    resume = prepare_output_dir(accelerator, loop, arguments, changeable=EVALUATION_ONLY)
+    name = "train_translation"
+    changeable = EVALUATION_ONLY
 
-    with accelerator.main_process_first():  # the other processes then read the caches the main one wrote
-        train_pairs = load_parallel(args.train_split, corpus)
-        validation_pairs = load_parallel(args.validation_split, corpus)
-        tokenizer = get_tokenizer(args, train_pairs, validation_pairs, output_dir, resume,
-                                  accelerator.is_main_process)
-        train_set, counts = trainable_pairs(tokenize_pairs(train_pairs, tokenizer), args.max_length)
-        validation_set, validation_counts = trainable_pairs(
-            tokenize_pairs(validation_pairs, tokenizer), args.max_length
+    def __init__(self, args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments):
+        super().__init__(args, corpus, loop)
+        self.args, self.corpus, self.loop = args, corpus, loop
+
+    def check(self) -> None:
+        model_config(self.args)
+        for split in (self.args.train_split, self.args.validation_split):
+            if not is_embedded(split):
+                split_files(split, self.corpus)
+        tokenizer = self.args.tokenizer
+        if tokenizer and not Path(tokenizer).is_dir() and (os.sep in tokenizer or tokenizer.startswith(".")):
+            raise DataFileNotFoundError(f"--tokenizer {tokenizer}: no such folder")
+
+    def load(self, run: RunContext) -> None:
+        args = self.args
+        self.train_pairs, self.validation_pairs = (
+            embedded_dataset(split) if is_embedded(split) else load_parallel(split, self.corpus)
+            for split in (args.train_split, args.validation_split)
         )
-        metrics = load_metrics()
-    accelerator.print(counts.describe(f"training pairs ({args.train_split})", args.max_length))
-    accelerator.print(validation_counts.describe("validation loss", args.max_length)
-                      + f"; BLEU on all {len(validation_pairs)} pairs")
-    counts.check(f"training pairs ({args.train_split})", args.max_length)
-    validation_counts.check(f"validation pairs ({args.validation_split})", args.max_length)
+        self.tokenizer = get_tokenizer(args, self.train_pairs, self.validation_pairs, run)
+        self.train_set, counts = trainable_pairs(tokenize_pairs(self.train_pairs, self.tokenizer), args.max_length)
+        self.validation_set, validation_counts = trainable_pairs(
+            tokenize_pairs(self.validation_pairs, self.tokenizer), args.max_length
+        )
+        self.metrics = load_metrics()
+        run.accelerator.print(counts.describe(f"training pairs ({args.train_split})", args.max_length))
+        run.accelerator.print(validation_counts.describe("validation loss", args.max_length)
+                              + f"; BLEU on all {len(self.validation_pairs)} pairs")
+        counts.check(f"training pairs ({args.train_split})", args.max_length)
+        validation_counts.check(f"validation pairs ({args.validation_split})", args.max_length)
+        self.lengths = pair_lengths(self.train_set)  # batches are cut from these alone: no example is read for them
 
-    config = model_config(args, tokenizer)
-    model = VanillaTransformerForConditionalGeneration(config)
-    model.generation_config.num_beams = args.num_beams
-    model.generation_config.length_penalty = args.length_penalties[0]
-    model.generation_config.max_new_tokens = args.max_length
-    learning_rate = peak_learning_rate(loop, paper_learning_rate(args.d_model, loop.warmup_steps, args.lr_factor))
-    optimizer, scheduler = loop_optimizer(model, loop, learning_rate)
-    model, optimizer, scheduler = prepare_for_training(accelerator, loop, model, optimizer, scheduler)
+    def model(self, run: RunContext):
+        model = VanillaTransformerForConditionalGeneration(model_config(self.args, self.tokenizer))
+        model.generation_config.num_beams = self.args.num_beams
+        model.generation_config.length_penalty = self.args.length_penalties[0]
+        model.generation_config.max_new_tokens = self.args.max_length
+        return model
 
-    lengths = pair_lengths(train_set)  # batches are cut from these alone: no example is read to make them
+    def learning_rate(self, model) -> float:
+        return paper_learning_rate(self.args.d_model, self.loop.warmup_steps, self.args.lr_factor)
 
     @functools.lru_cache(maxsize=1)  # an epoch's batches are cut once (here for the count, then by the loop)
-    def epoch_batches(epoch: int) -> list[list[int]]:
-        return token_batches(lengths, args.max_tokens, loop.seed, epoch)
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        return token_batches(self.lengths, self.args.max_tokens, self.loop.seed, epoch)
 
-    micro_batches = len(epoch_batches(0))
-    accelerator.print(
-        f"model: {accelerator.unwrap_model(model).num_parameters() / 1e6:.2f}M parameters, peak learning rate "
-        f"{learning_rate:.2e}; "
-        f"{micro_batches} micro-batches of at most {args.max_tokens} tokens per epoch "
-        f"({lengths.sum() / micro_batches:.0f} tokens of the longer side each, on average), "
-        f"global batch = {accelerator.num_processes} processes x {loop.gradient_accumulation_steps} micro-batches"
-    )
-    if accelerator.is_main_process:
-        (output_dir / "training_args.json").write_text(json.dumps(arguments, indent=1) + "\n")
-    if loop.report_to:
-        accelerator.init_trackers("train_translation", config=_scalars(arguments))
+    def describe(self, run: RunContext, model, learning_rate: float) -> str:
+        micro_batches = len(self.epoch_batches(0))
+        return (f"model: {model.num_parameters() / 1e6:.2f}M parameters, peak learning rate {learning_rate:.2e}; "
+                f"{micro_batches} micro-batches of at most {self.args.max_tokens} tokens per epoch "
+                f"({self.lengths.sum() / micro_batches:.0f} tokens of the longer side each, on average), "
+                f"global batch = {run.accelerator.num_processes} processes x {self.loop.gradient_accumulation_steps} "
+                "micro-batches")
 
-    def evaluate(model_in_eval_mode) -> dict:
-        return validate(accelerator, model_in_eval_mode, tokenizer, validation_set, validation_pairs, args, metrics,
-                        length_penalty=args.length_penalties[0])
+    def task(self, run: RunContext) -> TrainingTask:
+        args = self.args
+        return TrainingTask(
+            dataset=self.train_set.select_columns(["input_ids", "labels"]),
+            collate=DataCollatorForSeq2Seq(self.tokenizer, label_pad_token_id=-100, return_tensors="pt"),
+            epoch_batches=self.epoch_batches,
+            loss=lambda model, batch, num_items: model(
+                **batch, smoothing=args.label_smoothing, num_items_in_batch=num_items
+            ).loss,
+            evaluate=lambda model: validate(run.accelerator, model, self.tokenizer, self.validation_set,
+                                            self.validation_pairs, args, self.metrics,
+                                            length_penalty=args.length_penalties[0]),
+            signature={"max_tokens": args.max_tokens, "train_pairs": len(self.train_set),
+                       "train_tokens": int(self.lengths.sum()), "tokenizer": tokenizer_fingerprint(self.tokenizer)},
+        )
 
-    task = TrainingTask(
-        dataset=train_set.select_columns(["input_ids", "labels"]),
-        collate=DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt"),
-        epoch_batches=epoch_batches,
-        loss=lambda model, batch, num_items: model(
-            **batch, smoothing=args.label_smoothing, num_items_in_batch=num_items
-        ).loss,
-        evaluate=evaluate,
-        signature={"max_tokens": args.max_tokens, "train_pairs": len(train_set), "train_tokens": int(lengths.sum()),
-                   "tokenizer": tokenizer_fingerprint(tokenizer)},
-    )
-    outcome = train(accelerator, model, optimizer, scheduler, task, loop, arguments)
-    if not outcome.completed:
-        accelerator.print(f"stopped early ({outcome.stop_reason}); checkpoint {outcome.checkpoint}: continue with "
-                          "the same command and --resume")
-        model = accelerator.unwrap_model(model)  # see end_run
-        end_run(accelerator)
-        return outcome
+    def finish(self, run: RunContext, model, outcome: TrainOutcome) -> dict:
+        self.choice = choose_on_validation(run.accelerator, model, self.tokenizer, self.validation_set,
+                                           self.validation_pairs, self.args, self.loop, self.metrics, outcome.metrics)
+        return {"validation_scores.json": self.choice}
 
-    model.eval()
-    choice = choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
-                                  outcome.metrics)
-    final = save_final(accelerator, model, tokenizer, output_dir, arguments, outcome.checkpoint,
-                       extra={"validation_scores.json": choice})  # every process: a sharded model is gathered
-    if accelerator.is_main_process:
-        plot_log(output_dir / "log.jsonl", output_dir / "training_curves.png")
-        accelerator.print(f"saved {final} (beam {args.num_beams}, length penalty {choice['length_penalty']}, "
-                          f"weights: {choice['weights']}); curves in {output_dir / 'training_curves.png'}")
-    model = accelerator.unwrap_model(model)  # see end_run
-    end_run(accelerator)
-    return outcome
+    def summary(self, run: RunContext, outcome: TrainOutcome, final: Path) -> str:
+        return (f"saved {final} (beam {self.args.num_beams}, length penalty {self.choice['length_penalty']}, "
+                f"weights: {self.choice['weights']})")
 
 
-def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, output_dir: Path,
-                  resume: ResumePoint | None, is_main_process: bool = True):
-    """The given tokenizer (--tokenizer); on --resume, the one the checkpoint was trained with (output_dir/tokenizer,
-    checked against the checkpoint); else a new joint BPE on the training pairs, saved to output_dir/tokenizer (by
-    the main process; the others read it). A tokenizer from an earlier run is never reused for a new one. Refused
-    when it turns most of the text into <unk>."""
-    folder = output_dir / "tokenizer"
-    trained_here = False
-    if args.tokenizer:
-        tokenizer = load_tokenizer(args.tokenizer, "--tokenizer")
-        missing = [name for name in ("pad_token", "bos_token", "eos_token") if getattr(tokenizer, name) is None]
-        if missing:
-            raise ArgumentError(f"the tokenizer {args.tokenizer} has no {', '.join(missing)}: the decoder starts from "
-                                "<s> and stops at </s> (train one with scripts/train_tokenizer.py --kind bpe)")
-    elif resume is not None or not is_main_process:
-        if not (folder / "tokenizer.json").is_file():
-            raise CheckpointError(f"{folder} is missing: the tokenizer this run was trained with. Resume needs it; "
-                                  "start a new --output_dir")
-        tokenizer = load_tokenizer(folder, "the run's tokenizer")
-    else:
-        counted = {"texts": 0}
+def run(args: TranslationArguments, corpus: CorpusArguments, loop: LoopArguments) -> TrainOutcome:
+    return run_recipe(TranslationRecipe(args, corpus, loop), loop)
 
-        def texts():  # read from the Arrow file a thousand pairs at a time, never all at once
-            for batch in train_pairs.iter(batch_size=1000):
-                for pair in zip(batch["source"], batch["target"]):
-                    for text in pair:
-                        if text and text.strip():
-                            counted["texts"] += 1
-                            yield text
 
+def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, run: RunContext):
+    """The run's tokenizer (`run_tokenizer`: --tokenizer, the run's own on --resume, else a new joint BPE on the
+    training pairs). Refused when it turns most of the text into <unk>, or lacks the tokens the decoder needs."""
+    counted = {"texts": 0}
+
+    def texts():  # read from the Arrow file a thousand pairs at a time, never all at once
+        for batch in train_pairs.iter(batch_size=1000):
+            for pair in zip(batch["source"], batch["target"]):
+                for text in pair:
+                    if text and text.strip():
+                        counted["texts"] += 1
+                        yield text
+
+    def train_new():
         nothing = DataError(f"{args.train_split}: no text in its {len(train_pairs):,} pairs (every side is empty or "
                             "blank): nothing to train on")
         try:
@@ -288,10 +263,13 @@ def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, out
             raise
         if counted["texts"] == 0:
             raise nothing
-        tokenizer.save_pretrained(folder)
-        trained_here = True
-    if resume is not None:
-        resume.check_signature(tokenizer=tokenizer_fingerprint(tokenizer))
+        return tokenizer
+
+    tokenizer, trained_here = run_tokenizer(run, args.tokenizer, "--tokenizer", train_new)
+    missing = [name for name in ("pad_token", "bos_token", "eos_token") if getattr(tokenizer, name) is None]
+    if missing:
+        raise ArgumentError(f"the tokenizer {args.tokenizer} has no {', '.join(missing)}: the decoder starts from "
+                            "<s> and stops at </s> (train one with scripts/train_tokenizer.py --kind bpe)")
     fix = ("Use a tokenizer trained on text of these languages (scripts/train_tokenizer.py), or leave out "
            "--tokenizer to train one on the training pairs" if args.tokenizer else
            f"Its training text, {args.train_split} ({len(train_pairs):,} pairs), is too small or unlike this text: "
@@ -301,91 +279,9 @@ def get_tokenizer(args: TranslationArguments, train_pairs, validation_pairs, out
     return tokenizer
 
 
-def load_tokenizer(name, what: str):
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except (OSError, ValueError) as error:
-        raise ArgumentError(f"{what} {name}: no tokenizer could be loaded from it ({error})") from None
-
-
 def _texts(pairs, count: int = 1000) -> list[str]:
     rows = pairs[:count]
     return [text for pair in zip(rows["source"], rows["target"]) for text in pair if text]
-
-
-@torch.no_grad()
-def validate(accelerator, model, tokenizer, validation_set, validation_pairs, args: TranslationArguments, metrics,
-             with_loss: bool = True, **generate_kwargs) -> dict:
-    """Validation loss (cross-entropy per target token, no smoothing) and corpus BLEU / chrF of beam search, with
-    each process handling a share of the batches. Every process makes the same number of forward passes and
-    `generate` calls (`evaluation_share`), and a sharded model generates with `synced_gpus=True`: under FSDP2 each
-    forward pass is a collective, and a process whose beams have finished keeps stepping with the others."""
-    result = {}
-    # The bare model: a DDP forward is a collective (buffer broadcast), which evaluation does not need.
-    model = accelerator.unwrap_model(model)
-    if with_loss:
-        batches = token_batches(pair_lengths(validation_set), args.max_tokens, seed=0, epoch=0, shuffle=False)
-        collate = DataCollatorForSeq2Seq(tokenizer, label_pad_token_id=-100, return_tensors="pt")
-        features = validation_set.select_columns(["input_ids", "labels"])
-        loss = mean_loss(accelerator, model, batches, lambda indices: collate([features[i] for i in indices]))
-        result["val_loss"] = round(loss, 4)  # per target token, no smoothing
-    sources, references = list(validation_pairs["source"]), list(validation_pairs["target"])
-    mine, padding = evaluation_share(generation_batches(sources, args.eval_batch_size), accelerator.num_processes,
-                                     accelerator.process_index)
-    generation = dict(num_beams=args.num_beams, max_new_tokens=args.max_length, synced_gpus=is_sharded(model),
-                      **generate_kwargs)
-    hypotheses = []
-    for batch in mine:
-        hypotheses += zip(batch, translate_batch(model, tokenizer, [sources[i] for i in batch], **generation))
-    for batch in padding:  # the same number of generate calls on every process; not counted
-        translate_batch(model, tokenizer, [sources[i] for i in batch], **generation)
-    by_index = dict(gather_object(hypotheses))
-    scores = score([by_index[i] for i in range(len(sources))], references, metrics)
-    result.update(val_bleu=scores["sacrebleu"], val_chrf=scores["chrf"])
-    return result
-
-
-def choose_on_validation(accelerator, model, tokenizer, validation_set, validation_pairs, args, loop, metrics,
-                         last_metrics: dict) -> dict:
-    """The final weights (the last step's, or the average of the last checkpoints) and the length penalty: the
-    best validation BLEU (then chrF). Leaves the model with the chosen weights and generation settings."""
-    length_penalty = args.length_penalties[0]
-    choice = {"weights": "last step", "length_penalty": length_penalty, "val_bleu": last_metrics["val_bleu"],
-              "val_chrf": last_metrics["val_chrf"], "tried": [{"weights": "last step", "length_penalty": length_penalty,
-                                                                 **last_metrics}]}
-    checkpoints = sorted((Path(loop.output_dir) / "checkpoints").glob("step-*"),
-                         key=lambda p: int(p.name.removeprefix("step-")))[-loop.average_last :]
-    if loop.average_last > 1 and len(checkpoints) > 1:
-        last_state = {k: v.clone() for k, v in model.state_dict().items()}
-        average_checkpoints(model, checkpoints)
-        averaged = validate(accelerator, model, tokenizer, validation_set, validation_pairs, args, metrics,
-                            length_penalty=length_penalty)
-        name = f"average of {', '.join(p.name for p in checkpoints)}"
-        choice["tried"].append({"weights": name, "length_penalty": length_penalty, **averaged})
-        accelerator.print(f"validation, {name}: {averaged}")
-        if (averaged["val_bleu"], averaged["val_chrf"]) > (choice["val_bleu"], choice["val_chrf"]):
-            choice.update(weights=name, val_bleu=averaged["val_bleu"], val_chrf=averaged["val_chrf"])
-        else:
-            model.load_state_dict(last_state)
-    for penalty in args.length_penalties[1:]:
-        scores = validate(accelerator, model, tokenizer, validation_set, validation_pairs, args, metrics,
-                          with_loss=False, length_penalty=penalty)
-        choice["tried"].append({"weights": choice["weights"], "length_penalty": penalty, **scores})
-        accelerator.print(f"validation, length penalty {penalty}: {scores}")
-        if (scores["val_bleu"], scores["val_chrf"]) > (choice["val_bleu"], choice["val_chrf"]):
-            choice.update(length_penalty=penalty, val_bleu=scores["val_bleu"], val_chrf=scores["val_chrf"])
-    accelerator.unwrap_model(model).generation_config.length_penalty = choice["length_penalty"]
-    accelerator.print(f"chosen on validation: {choice['weights']}, length penalty {choice['length_penalty']}: "
-                      f"BLEU {choice['val_bleu']}, chrF {choice['val_chrf']}")
-    return choice
-
-
-def all_arguments(*dataclasses) -> dict:
-    return {key: value for arguments in dataclasses for key, value in asdict(arguments).items()}
-
-
-def _scalars(arguments: dict) -> dict:
-    return {k: v for k, v in arguments.items() if isinstance(v, (int, float, str, bool))}
 
 
 def parse_args(argv: list[str] | None = None):

@@ -18,6 +18,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer
 
+from vanilla_transformer.scripts.training import mlm_data
 from vanilla_transformer.scripts import benchmark_corpus, pretrain_mlm, train_tokenizer, train_translation
 from vanilla_transformer.scripts.benchmarking import corpora, processes
 from vanilla_transformer.tokenization import train_bpe_tokenizer, train_wordpiece_tokenizer
@@ -71,7 +72,7 @@ def test_mlm_blocks_cross_document_boundaries_lose_no_token_and_come_from_the_ca
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     monkeypatch.setattr(pretrain_mlm, "map_processes", lambda rows: 2)
 
-    blocks = pretrain_mlm.tokenize_blocks(pretrain_mlm.load_texts(args)["train"], tokenizer, block_size=24,
+    blocks = mlm_data.tokenize_blocks(mlm_data.load_texts(args)["train"], tokenizer, block_size=24,
                                           whole_word_mask=False, documents_per_group=100)
     assert len(blocks.cache_files) == 2  # one file per process
     ids = blocks["input_ids"]
@@ -83,14 +84,14 @@ def test_mlm_blocks_cross_document_boundaries_lose_no_token_and_come_from_the_ca
     assert len(crossing) > len(ids) / 2
     # full blocks, but the last of each group of 100 documents, or of a process's share (150 documents each)
     assert sum(len(block) < 24 for block in ids) <= 4
-    lengths = pretrain_mlm.block_lengths(blocks)
+    lengths = mlm_data.block_lengths(blocks)
     assert isinstance(lengths, np.ndarray) and lengths.tolist() == [len(block) for block in ids]
 
     written = arrow_files()
     monkeypatch.setattr(pretrain_mlm, "text_lines", never)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")  # as a resumed run has it: another object
-    again = pretrain_mlm.tokenize_blocks(pretrain_mlm.load_texts(args)["train"], reloaded, block_size=24,
+    again = mlm_data.tokenize_blocks(mlm_data.load_texts(args)["train"], reloaded, block_size=24,
                                          whole_word_mask=False, documents_per_group=100)
     assert again["input_ids"] == ids and arrow_files() == written
 

@@ -16,6 +16,7 @@ import torch
 from accelerate import Accelerator
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from vanilla_transformer.scripts.training import mlm_data, mlm_arguments
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.scripts import finetune_classification, pretrain_mlm
 from vanilla_transformer.tokenization import WholeWordMaskCollator, train_wordpiece_tokenizer
@@ -41,7 +42,7 @@ def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path, mlm_args, mlm
     texts = mlm_documents(50, seed=2)
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=70, min_frequency=1, show_progress=False)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    blocks = pretrain_mlm.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=16,
+    blocks = mlm_data.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=16,
                                           whole_word_mask=True, documents_per_group=7)
     ids = blocks["input_ids"]
     # every document, closed by [SEP], in order, each token exactly once, after the [CLS] opening each block
@@ -60,7 +61,7 @@ def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path, mlm_args, mlm
     # local files: one document per line, blank and whitespace-only lines skipped
     corpus = write_mlm_corpus(tmp_path)
     args, _ = pretrain_mlm.parse_args(mlm_args(corpus, tmp_path / "out", "--max_steps", "1"))
-    loaded = pretrain_mlm.load_texts(args)
+    loaded = mlm_data.load_texts(args)
     assert loaded["train"]["text"] == mlm_documents(300, seed=0) and len(loaded["validation"]) == 40
 
     # a dataset (folders here, as Hub ids would be): its split names and text column, other columns dropped
@@ -72,23 +73,23 @@ def test_blocks_cover_every_token_once_and_open_with_cls(tmp_path, mlm_args, mlm
     common = ["--validation_split", "test", "--output_dir", "o", "--max_steps", "1"]
     for argv in (["--dataset_name", str(tmp_path / "hub"), "--text_column", "content"],
                  ["--dataset_name", str(tmp_path / "hub2")]):
-        loaded = pretrain_mlm.load_texts(pretrain_mlm.parse_args([*argv, *common])[0])
+        loaded = mlm_data.load_texts(pretrain_mlm.parse_args([*argv, *common])[0])
         assert loaded["train"]["text"] == texts[:30] and loaded["validation"]["text"] == texts[30:]
         assert loaded["train"].column_names == ["text"]
     with pytest.raises(ValueError, match=r"has no column 'text'; its columns are \['content', 'id'\]"):
-        pretrain_mlm.load_texts(pretrain_mlm.parse_args(["--dataset_name", str(tmp_path / "hub"), *common])[0])
+        mlm_data.load_texts(pretrain_mlm.parse_args(["--dataset_name", str(tmp_path / "hub"), *common])[0])
 
 
 def test_whole_word_masking_of_blocks_masks_every_piece_of_a_word_and_no_special_token():
     texts = ["unbelievably tall giraffes", "zebras graze peacefully"] * 3
     tokenizer = train_wordpiece_tokenizer(texts, vocab_size=40, min_frequency=1, show_progress=False)
-    blocks = pretrain_mlm.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=12,
+    blocks = mlm_data.tokenize_blocks(datasets.Dataset.from_dict({"text": texts}), tokenizer, block_size=12,
                                           whole_word_mask=True)
     args, _ = pretrain_mlm.parse_args(["--train_file", "t", "--validation_file", "v", "--output_dir", "o",
                                        "--max_steps", "1", "--whole_word_mask", "--mlm_probability", "0.4"])
-    collate = pretrain_mlm.make_collator(tokenizer, args, seed=0)
+    collate = mlm_data.make_collator(tokenizer, args, seed=0)
     assert isinstance(collate, WholeWordMaskCollator)
-    features = blocks.select_columns(pretrain_mlm.collator_columns(args))
+    features = blocks.select_columns(mlm_data.collator_columns(args))
     batch = collate([features[i] for i in range(len(features))])
     masked = batch["labels"] != -100
     assert masked.any()
@@ -209,7 +210,7 @@ def test_two_processes_evaluate_the_same_masked_positions_as_one(tmp_path, launc
     args, loop = pretrain_mlm.parse_args(argv)
     final = tmp_path / "two" / "final"
     tokenizer = AutoTokenizer.from_pretrained(final)
-    blocks = pretrain_mlm.tokenize_blocks(pretrain_mlm.load_texts(args)["validation"], tokenizer, args.block_size,
+    blocks = mlm_data.tokenize_blocks(mlm_data.load_texts(args)["validation"], tokenizer, args.block_size,
                                           whole_word_mask=False)
     batches = pretrain_mlm.masked_validation_batches(blocks, tokenizer, args, seed=loop.seed)
     loss = mean_loss(Accelerator(cpu=True), VanillaBertForMaskedLM.from_pretrained(final).eval(), batches)
@@ -233,8 +234,8 @@ def test_arguments_are_checked_and_help_explains(tmp_path, capsys):
 def test_masked_token_scores_count_the_masked_positions_and_the_frequency_baseline():
     """Top-1 accuracy over the masked positions only (labels != -100), the sparse head's rows matched to them in
     order; the frequency baseline always answers the training text's most frequent token, special tokens left out."""
-    assert pretrain_mlm.most_frequent_token([[2, 7, 9, 9, 3], [2, 7, 3]], [[1, 0, 0, 0, 1], [1, 0, 1]]) in (7, 9)
-    assert pretrain_mlm.most_frequent_token([[2, 9, 9, 3], [2, 7, 3]], [[1, 0, 0, 1], [1, 0, 1]]) == 9  # not [CLS] 2
+    assert mlm_data.most_frequent_token([[2, 7, 9, 9, 3], [2, 7, 3]], [[1, 0, 0, 0, 1], [1, 0, 1]]) in (7, 9)
+    assert mlm_data.most_frequent_token([[2, 9, 9, 3], [2, 7, 3]], [[1, 0, 0, 1], [1, 0, 1]]) == 9  # not [CLS] 2
     torch.manual_seed(0)
     config = VanillaBertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                intermediate_size=32, max_position_embeddings=32, sparse_prediction=True)
@@ -249,7 +250,7 @@ def test_masked_token_scores_count_the_masked_positions_and_the_frequency_baseli
         dense.config.sparse_prediction = False
         full = dense(input_ids=input_ids, attention_mask=batch["attention_mask"]).logits  # (B, T, V)
     predicted = full[labels != -100].argmax(-1)
-    scores = pretrain_mlm.masked_token_scores(pretrain_mlm.masked_token_sums(model, [batch], frequent_token=7))
+    scores = mlm_data.masked_token_scores(mlm_data.masked_token_sums(model, [batch], frequent_token=7))
     assert scores["val_accuracy"] == pytest.approx((predicted == labels[labels != -100]).float().mean().item())
     assert scores["val_frequency_baseline"] == 0.5  # 7 is the answer at 2 of the 4 positions
     loss = torch.nn.functional.cross_entropy(full[labels != -100], labels[labels != -100]).item()
@@ -279,7 +280,7 @@ def test_one_cycle_schedule_ends_with_the_run_by_steps_or_by_the_clock(tmp_path,
 def test_budget_preset_sets_the_recipe_and_options_given_win(tmp_path):
     files = ["--train_file", "t.txt", "--validation_file", "v.txt", "--output_dir", str(tmp_path)]
     args, loop = pretrain_mlm.parse_args([*files, "--preset", "budget"])
-    recipe = pretrain_mlm.BUDGET_PRESET
+    recipe = mlm_arguments.BUDGET_PRESET
     assert (args.vocab_size, args.block_size, args.batch_size, args.dropout, args.pre_ln) == (
         recipe["vocab_size"], recipe["block_size"], recipe["batch_size"], 0.0, True)
     assert (loop.lr_schedule, loop.learning_rate, loop.max_train_minutes) == (
@@ -328,8 +329,8 @@ def test_budget_initialisation_gives_a_narrow_model_bert_bases_starting_attentio
     together than BERT-base's; the preset's initializer_range brings them to BERT-base's spread."""
     bert_base = _starting_logit_spread(768, 12, 0.02)
     narrow = _starting_logit_spread(128, 2, 0.02)
-    preset = _starting_logit_spread(pretrain_mlm.BUDGET_PRESET["hidden_size"],
-                                    pretrain_mlm.BUDGET_PRESET["num_attention_heads"],
-                                    pretrain_mlm.BUDGET_PRESET["initializer_range"])
+    preset = _starting_logit_spread(mlm_arguments.BUDGET_PRESET["hidden_size"],
+                                    mlm_arguments.BUDGET_PRESET["num_attention_heads"],
+                                    mlm_arguments.BUDGET_PRESET["initializer_range"])
     assert narrow < bert_base / 4
     assert preset == pytest.approx(bert_base, rel=0.2)

@@ -145,16 +145,17 @@ BAD_FILES = {
     "blank": ("train.tsv", b"\n  \n\n", r"train\.tsv is empty"),
     "header only": ("train.tsv", b"sentence\tlabel\n", r"train\.tsv has a header \(sentence, label\) but no rows"),
     "not UTF-8": ("train.tsv", b"sentence\tlabel\na fine film\t1\ncaf\xe9 noir\t0\n",
-                  r"train\.tsv line 3: not UTF-8 \(byte 0xe9\); save the file as UTF-8"),
+                  r"train\.tsv, line 3: byte 0xe9 \(byte 4 of the line\) is not UTF-8\. The file must be UTF-8 text"),
     "ragged TSV": ("train.tsv", b"sentence\tlabel\na fine film\t1\nbad\tfilm\t0\nok\n",
-                   r"train\.tsv: 2 row\(s\) do not have the header's 2 tab-separated fields \(sentence, label\): "
-                   r"line 3 has 3, line 4 has 1"),
+                   r"train\.tsv, line 3: 3 tab-separated fields, but the header \(line 1\) names 2 columns "
+                   r"\['sentence', 'label'\]; 2 such rows: line 3 has 3, line 4 has 1\. A tab inside a text"),
     "ragged CSV": ("train.csv", b"sentence,label\na fine film,1\nbad, film,0\n",
-                   r"train\.csv: 1 row\(s\) do not have the header's 2 comma-separated fields .*line 3 has 3"),
+                   r"train\.csv, line 3: 3 comma-separated fields, but the header \(line 1\) names 2 columns .* "
+                   r"Quote the field"),
     "JSON line of the wrong type": ("train.jsonl", b'{"sentence": "a fine film", "label": 1}\n[1, 2]\n',
-                                    r"train\.jsonl line 2: a JSON list \(\[1, 2\]\), expected an object"),
+                                    r"train\.jsonl, line 2: a JSON list, not an object \(\[1, 2\]\)"),
     "invalid JSON line": ("train.jsonl", b'{"sentence": "a fine film", "label": 1}\n{"sentence": \n',
-                          r"train\.jsonl line 2: not valid JSON"),
+                          r"train\.jsonl, line 2: not valid JSON"),
     "text not a string": ("train.jsonl", b'{"sentence": "a fine film", "label": 1}\n{"sentence": 5, "label": 0}\n',
                           r"train\.jsonl: 1 row\(s\) of the wrong type: line 2: 'sentence' is 5, not text"),
     "label a list": ("train.jsonl", b'{"sentence": "a fine film", "label": [1]}\n{"sentence": "b", "label": 0}\n',
@@ -338,8 +339,8 @@ def test_an_interrupted_fine_tune_resumes_to_the_uninterrupted_result(monkeypatc
 
         with pytest.raises(RuntimeError, match=r"holds checkpoints of an interrupted run: add --resume"):
             script.run(argv)
-        with pytest.raises(RuntimeError, match=r"was started with other settings \(--learning_rate was 0\.0001, "
-                                               r"now 0\.0002\)"):
+        with pytest.raises(RuntimeError, match=r"with other settings \(--learning_rate: checkpoint 0\.0001, now "
+                                               r"0\.0002\)"):
             script.run([*argv, "--resume", "--learning_rate", "2e-4"])
         results = script.run([*argv, "--resume"])
         resumed = safetensors.torch.load_file(output / "model.safetensors")

@@ -2,6 +2,7 @@
 traceback deep in torch or a silent wrong result: configs that cannot make a model, batches of the wrong shape or
 type, batches with nothing to predict, damaged weight files, corpora too small for their vocabulary."""
 
+import importlib
 import struct
 
 import pytest
@@ -171,14 +172,14 @@ def test_the_commands_refuse_nan_weights_of_our_folders_through_from_pretrained(
 ):
     """One check of non-finite weights for our folders: our classes' from_pretrained (HubFolders). The commands that
     load a folder of ours get its refusal, with its message."""
-    import importlib
-
     script = importlib.import_module(f"vanilla_transformer.scripts.{command}")
     if command == "finetune_classification":
         model = VanillaBertForMaskedLM(tiny_bert_config(vocab_size=len(finetune_tokenizer)))
         folder = nan_folder(tmp_path / "model", model, finetune_tokenizer)
-        (tmp_path / "train.tsv").write_text("".join(f"{text}\t{label}\n" for text, label in finetune_rows))
-        argv = ["--model_name_or_path", str(folder), *finetune_args(tmp_path / "out", train_file=tmp_path / "train.tsv")]
+        rows = "".join(f"{text}\t{label}\n" for text, label in finetune_rows)
+        (tmp_path / "train.tsv").write_text("sentence\tlabel\n" + rows)  # GLUE's columns, the script's default
+        argv = ["--model_name_or_path", str(folder),
+                *finetune_args(tmp_path / "out", train_file=tmp_path / "train.tsv")]
     else:
         tokenizer = train_bpe_tokenizer(["ein Hund läuft.", "a dog runs."] * 10, vocab_size=60, show_progress=False)
         model = VanillaTransformerForConditionalGeneration(tiny_transformer_config(vocab_size=len(tokenizer)))

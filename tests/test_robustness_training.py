@@ -18,6 +18,7 @@ import safetensors.torch
 import torch
 from transformers import AutoTokenizer
 
+from vanilla_transformer.scripts.training import mlm_data
 from vanilla_transformer.scripts import pretrain_mlm, train_tokenizer, train_translation
 from vanilla_transformer.tokenization import train_wordpiece_tokenizer
 from vanilla_transformer.scripts.training import checkpoints, loop, optimization
@@ -341,7 +342,7 @@ def test_bad_text_files_for_pretraining_name_the_file(tmp_path, content, message
     (corpus / "train.txt").write_bytes(content)
     args, _ = pretrain_mlm.parse_args(mlm_args(corpus, tmp_path / "out", "--max_steps", "1"))
     with pytest.raises(ValueError, match=message):
-        pretrain_mlm.load_texts(args)
+        mlm_data.load_texts(args)
 
 
 def test_a_one_line_corpus_is_refused_not_trained_on(tmp_path, mlm_args, run_mlm, tiny_model_args, write_mlm_corpus):

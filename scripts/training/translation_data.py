@@ -10,23 +10,31 @@ gives the lengths that batches are cut from. The text and the token ids stay on 
 
 A file that cannot be read as it should (missing, empty, not UTF-8, a truncated .gz, a ragged TSV line, a JSON line
 that is no object or holds a number where the text should be) is a `DataError` naming the file and the line; the
-files are read by our own readers (`text_lines`), not by datasets' generic loaders, whose errors name neither.
+files are read by the project's one reader (`data_files`), not by datasets' generic loaders, whose errors name
+neither.
 """
 
-import gzip
 import hashlib
 import itertools
 import json
 import os
 import warnings
-import zlib
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import datasets
 import numpy as np
 
+from vanilla_transformer.scripts.training.data_files import (
+    cached_dataset,
+    load_hub_split,
+    table_columns,
+    table_rows,
+    text_lines,
+)
+# Names that other modules import from here, where they were before `data_files` took them over.
+from vanilla_transformer.scripts.training.data_files import READER_VERSION  # noqa: F401
+from vanilla_transformer.scripts.training.data_files import load_hub_split as load_dataset_split  # noqa: F401
 from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError, DataWarning
 
 TOKENIZATION_VERSION = "2"  # bump when tokenize_pairs changes what it writes: old caches are then not reused
@@ -49,33 +57,6 @@ def babel_pairs(source_lang: str = "de", target_lang: str = "en") -> list[tuple[
             tgt_names = getattr(target, table)["format"][width]
             pairs += [(src_names[key], tgt_names[key]) for key in sorted(src_names)]
     return sorted({(s.strip(), t.strip()) for s, t in pairs if s.strip() and t.strip()})
-
-
-def text_lines(path: str | Path) -> Iterator[str]:
-    """The lines of a UTF-8 text file, gzip-compressed if it ends in .gz, without their line ends. Lines end at "\\n"
-    only: a stray "\\r" or Unicode line separator inside a sentence must not split it (that would misalign a
-    parallel corpus). A byte-order mark opening the file is dropped. Bytes that are not UTF-8, or a truncated or
-    corrupt .gz: a `DataError` naming the file and the line."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataFileNotFoundError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
-    number = 0
-    try:
-        with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
-            for number, raw in enumerate(handle, start=1):  # binary lines end at b"\n" only
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as error:
-                    raise DataError(
-                        f"{path}, line {number}: byte 0x{raw[error.start]:02x} (byte {error.start + 1} of the line) "
-                        "is not UTF-8. The file must be UTF-8 text: convert it (e.g. iconv -f latin1 -t utf-8)"
-                    ) from None
-                yield (line.removeprefix("\ufeff") if number == 1 else line).rstrip("\r\n")
-    except (EOFError, zlib.error, gzip.BadGzipFile) as error:
-        raise DataError(
-            f"{path}: cannot decompress it after line {number} ({type(error).__name__}: {error}): the .gz is "
-            "truncated or corrupt, or not gzip at all. Compress it again (or download it again), or drop the .gz suffix"
-        ) from None
 
 
 def read_lines(path: str | Path) -> list[str]:
@@ -147,46 +128,21 @@ def load_parallel(split: str, corpus: CorpusArguments) -> datasets.Dataset:
     where the text should be, no pair at all): a `DataError` naming the file and the line."""
     files = split_files(split, corpus)
     if corpus.dataset_name:
-        table = load_dataset_split(corpus.dataset_name, corpus.dataset_config, split)
+        table = load_hub_split(corpus.dataset_name, corpus.dataset_config, split)
         return _source_and_target(table, corpus, where=f"{corpus.dataset_name} ({split})")
     if split.removesuffix(".gz").endswith(".tsv"):
-        columns = _choose_columns(_tsv_header(files[0]), corpus, where=f"{split} (line 1, the header)")
+        columns = _choose_columns(table_columns(files[0]), corpus, where=f"{split} (line 1, the header)")
         return _generate(_tsv_rows, files, path=str(files[0]), columns=columns)
     if split.removesuffix(".gz").endswith((".jsonl", ".json")):
         return _generate(_json_rows, files, path=str(files[0]), corpus=corpus)
     return _generate(_aligned_lines, files, source_file=str(files[0]), target_file=str(files[1]))
 
 
-def load_dataset_split(name: str, config: str | None, split: str) -> datasets.Dataset:
-    """`datasets.load_dataset(name, config, split=split)`, its failures (no such dataset, split or configuration)
-    as a `DataError` naming what was asked for."""
-    try:
-        return datasets.load_dataset(name, config, split=split)
-    except (FileNotFoundError, ValueError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
-        raise DataError(f"--dataset_name {name}{f' ({config})' if config else ''}, split {split!r}: cannot load it "
-                        f"({type(error).__name__}: {error})") from None
-
-
-READER_VERSION = "2"  # bump when a reader below changes what it yields: datasets' cached copies are then not reused
-
-
 def _generate(generator, files: list[Path], **gen_kwargs) -> datasets.Dataset:
-    """Run a reader through `datasets` (an Arrow table cached on disk), keyed by the files' paths, sizes and
-    modification times and the reader's arguments: an edited file is read again. The reader's own `DataError`
-    comes out as it is, not wrapped in datasets' generic message."""
-    stamp = json.dumps([[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
-                       + [generator.__name__, repr(sorted(gen_kwargs.items())), READER_VERSION])
-    try:
-        return datasets.Dataset.from_generator(
-            generator,
-            gen_kwargs=gen_kwargs,
-            features=datasets.Features({"source": datasets.Value("string"), "target": datasets.Value("string")}),
-            fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:32],
-        )
-    except datasets.exceptions.DatasetGenerationError as error:
-        if isinstance(error.__cause__, DataError):  # our own message, not datasets' generic one
-            raise error.__cause__ from None
-        raise
+    return cached_dataset(generator, files, PAIR_FEATURES, **gen_kwargs)
+
+
+PAIR_FEATURES = datasets.Features({"source": datasets.Value("string"), "target": datasets.Value("string")})
 
 
 def _aligned_lines(source_file: str, target_file: str):
@@ -205,84 +161,26 @@ def _aligned_lines(source_file: str, target_file: str):
         raise DataError(f"{source_file} and {target_file} are empty: no pairs to read")
 
 
-def _tsv_header(path: Path) -> list[str]:
-    header = next(text_lines(path), None)
-    if header is None or not header.strip():
-        raise DataError(f"{path}: {'empty' if header is None else 'line 1 is blank'}; a .tsv file opens with a header "
-                        "line naming its tab-separated columns (e.g. de<TAB>en)")
-    names = header.split("\t")
-    if len(set(names)) != len(names) or not all(name.strip() for name in names):
-        raise DataError(f"{path}, line 1 (the header): the column names {names} must be distinct and not empty")
-    return names
-
-
 def _tsv_rows(path: str, columns: dict[str, str]):
-    names, rows = None, 0
-    for number, line in enumerate(text_lines(path), start=1):
-        if names is None:
-            names = line.split("\t")
-            index = {side: names.index(column) for side, column in columns.items()}
-            continue
-        if not line.strip():  # a blank line: an empty pair, dropped and counted by trainable_pairs
-            rows += 1
-            yield {"source": "", "target": ""}
-            continue
-        fields = line.split("\t")
-        if len(fields) != len(names):
-            raise DataError(
-                f"{path}, line {number}: {len(fields)} tab-separated field{'s' * (len(fields) != 1)}, but the header "
-                f"(line 1) names {len(names)} columns {names}. A tab inside a sentence, or a missing field: fix the "
-                "line (an empty field is allowed: the pair is then dropped and counted)"
-            )
+    rows = 0
+    for row in table_rows(path):  # a blank line: an empty pair, dropped and counted by trainable_pairs
         rows += 1
-        yield {side: fields[i] for side, i in index.items()}
+        yield {side: row.values[column] for side, column in columns.items()}
     if rows == 0:
         raise DataError(f"{path}: a header line and no pairs")
 
 
-def _flatten(row: dict, prefix: str = "") -> dict:
-    """{"translation": {"de": ...}} -> {"translation.de": ...}, as `datasets.Dataset.flatten` names the fields."""
-    flat = {}
-    for key, value in row.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
-
-
 def _json_rows(path: str, corpus: CorpusArguments):
-    first = next((line for line in text_lines(path) if line.strip()), None)
-    if first is None:
-        raise DataError(f"{path}: no JSON object in it (the file is empty or blank)")
-    if path.removesuffix(".gz").endswith(".json") and first.lstrip().startswith("["):  # a list of objects
-        try:
-            items = json.loads("\n".join(text_lines(path)))
-        except json.JSONDecodeError as error:
-            raise DataError(f"{path}: not valid JSON ({error})") from None
-        rows = ((f"{path}, item {i}", item) for i, item in enumerate(items, start=1))
-    else:
-        rows = ((f"{path}, line {number}", line) for number, line in enumerate(text_lines(path), start=1)
-                if line.strip())
     columns = None
-    for where, row in rows:
-        if isinstance(row, str):
-            try:
-                row = json.loads(row)
-            except json.JSONDecodeError as error:
-                raise DataError(f"{where}: not valid JSON ({error.msg} at column {error.colno}); a .jsonl file holds "
-                                "one JSON object per line (a .json file: that, or one list of objects)") from None
-        if not isinstance(row, dict):
-            raise DataError(f"{where}: a JSON {type(row).__name__}, not an object with the source and target texts")
-        row = _flatten(row)
+    for row in table_rows(path):
         if columns is None:  # the columns are chosen on the first row
-            columns = _choose_columns(list(row), corpus, where=where)
+            columns = _choose_columns(list(row.values), corpus, where=row.where)
         pair = {}
         for side, column in columns.items():
-            value = row.get(column)
+            value = row.values.get(column)
             if value is not None and not isinstance(value, str):
-                raise DataError(f"{where}: {column!r} is a {type(value).__name__} ({json.dumps(value)[:60]}), not a "
-                                "string: write the text as a JSON string")
+                raise DataError(f"{row.where}: {column!r} is a {type(value).__name__} ({json.dumps(value)[:60]}), "
+                                "not a string: write the text as a JSON string")
             pair[side] = value
         yield pair
 

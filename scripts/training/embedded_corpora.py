@@ -1,5 +1,12 @@
-"""Text for masked-LM pretraining: the main job's embedded English text (the docstrings of Python's own standard
-library), and `group_blocks`, which cuts tokenized documents into BERT's input blocks.
+"""The embedded corpora: data every installation has, offline, named as a data source like a file or a Hub id, so
+that the main job runs the commands themselves on them:
+
+- `embedded:stdlib-docstrings:train` / `:validation`: English prose for masked-LM pretraining (pretrain_mlm.py's
+  --train_file / --validation_file), the docstrings of Python's own standard library;
+- `embedded:cldr-de-en:train` / `:validation`: German -> English pairs for translation (train_translation.py's
+  --train_split / --validation_split), the CLDR display names that ship with Babel (`translation_data.babel_pairs`).
+
+A corpus is shuffled with a fixed seed and its first documents (pairs) are the validation split, the rest training.
 
 Every Python installation carries a few megabytes of human-written English prose in the docstrings of its standard
 library ("Return a new list containing all items from the iterable in ascending order."). They are read here with
@@ -9,10 +16,16 @@ are left out.
 """
 
 import ast
+import random
 import re
 import sysconfig
 from collections.abc import Iterator
 from pathlib import Path
+
+from vanilla_transformer.scripts.training.errors import DataFileNotFoundError
+
+PREFIX = "embedded:"
+HELD_OUT = {"stdlib-docstrings": 400, "cldr-de-en": 100}  # the validation split's size, documents or pairs
 
 # Folders of the standard library that are tests, demos or vendored code rather than documented modules.
 SKIPPED = {"test", "tests", "idlelib", "lib2to3", "site-packages", "dist-packages", "turtledemo", "__pycache__",
@@ -61,27 +74,35 @@ def _is_prose(paragraph: str, min_words: int) -> bool:
     return words >= min_words and words >= 0.7 * len(tokens)
 
 
-def group_blocks(documents: dict[str, list[list]], block_size: int, cls_id: int, sep_id: int) -> dict[str, list]:
-    """Documents tokenized without special tokens -> blocks of `block_size` tokens: BERT's input format.
+def is_embedded(name: str | None) -> bool:
+    return bool(name) and name.startswith(PREFIX)
 
-    Each document is closed with [SEP], the documents are concatenated, and the stream is cut into pieces of
-    `block_size - 1` tokens, each opened with [CLS]: "[CLS] ... end of a document [SEP] next document ...".
-    (The grouping of transformers' run_mlm.py, but with [CLS] first in every block, where fine-tuning reads the
-    sequence, and with the shorter last block kept rather than dropped: every token is trained on.)
-    Returns input_ids and special_tokens_mask (so the collator never masks [CLS] or [SEP]); offset_mapping too
-    when the documents have it (whole-word masking: a special token between two pieces ends a word)."""
-    columns = {"input_ids": [], "special_tokens_mask": []}
-    with_offsets = "offset_mapping" in documents
-    if with_offsets:
-        columns["offset_mapping"] = []
-    for index, ids in enumerate(documents["input_ids"]):
-        columns["input_ids"] += [*ids, sep_id]
-        columns["special_tokens_mask"] += [0] * len(ids) + [1]
-        if with_offsets:
-            columns["offset_mapping"] += [*map(tuple, documents["offset_mapping"][index]), (0, 0)]
-    first = {"input_ids": cls_id, "special_tokens_mask": 1, "offset_mapping": (0, 0)}
-    piece = block_size - 1
-    return {
-        name: [[first[name], *stream[start : start + piece]] for start in range(0, len(stream), piece)]
-        for name, stream in columns.items()
-    }
+
+def embedded_split(name: str) -> list:
+    """The documents (str) or pairs ((source, target)) of `embedded:<corpus>:<train|validation>`."""
+    corpus, _, split = name.removeprefix(PREFIX).partition(":")
+    if corpus not in HELD_OUT or split not in ("train", "validation"):
+        raise DataFileNotFoundError(
+            f"{name}: no such embedded corpus; there are "
+            + ", ".join(f"{PREFIX}{known}:train and :validation" for known in HELD_OUT)
+        )
+    if corpus == "stdlib-docstrings":
+        items = list(stdlib_docstrings())
+    else:
+        from vanilla_transformer.scripts.training.translation_data import babel_pairs
+
+        items = list(babel_pairs("de", "en"))
+    random.Random(0).shuffle(items)
+    held_out = HELD_OUT[corpus]
+    return items[:held_out] if split == "validation" else items[held_out:]
+
+
+def embedded_dataset(name: str):
+    """`embedded_split` as the `datasets.Dataset` a command reads: column "text" (documents) or "source" and
+    "target" (pairs)."""
+    import datasets
+
+    items = embedded_split(name)
+    if items and isinstance(items[0], tuple):
+        return datasets.Dataset.from_dict({"source": [s for s, _ in items], "target": [t for _, t in items]})
+    return datasets.Dataset.from_dict({"text": items})

@@ -33,6 +33,7 @@ ragged TSV line, a JSON line of the wrong type) is an error naming the file and 
 counted in a warning.
 """
 
+import argparse
 import functools
 import os
 import sys
@@ -285,7 +286,8 @@ def _texts(pairs, count: int = 1000) -> list[str]:
 
 
 def parse_args(argv: list[str] | None = None):
-    parser = HfArgumentParser((TranslationArguments, CorpusArguments, LoopArguments))
+    parser = HfArgumentParser((TranslationArguments, CorpusArguments, LoopArguments), description=__doc__,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     return parser.parse_args_into_dataclasses(args=argv)
 
 

@@ -15,20 +15,13 @@ import datasets
 import numpy as np
 from transformers import Trainer
 
-from vanilla_transformer.scripts.training.data_files import (
-    check_table_file,
-    file_sha256,
-    load_hub_split,
-    table_columns,
-    table_rows,
-    table_type,
-)
+from vanilla_transformer.scripts.training.data_files import check_table_file, table_columns, table_rows, table_type
 from vanilla_transformer.scripts.training.errors import DataError
+from vanilla_transformer.scripts.training.finetuning import read_splits
 from vanilla_transformer.scripts.training.finetuning_trainer import check_finite_scores
 
 logger = logging.getLogger("finetune_classification")
 UNLABELLED = "-1"  # GLUE's label of a row without one (its test sets); an empty field or JSON null is one too
-SPLIT_OPTIONS = (("train", "--train_file"), ("validation", "--validation_file"), ("test", "--test_file"))
 
 
 @dataclass
@@ -148,35 +141,11 @@ def split_from_hub(name: str, dataset: datasets.Dataset, source: str, args) -> S
     return Split(name, source, "row", list(range(len(dataset))), texts, pairs, labels, class_names)
 
 
-def hub_splits(args) -> dict[str, datasets.Dataset]:
-    """The train, validation and test splits of --dataset_name (those it has), keyed by split name."""
-    data = load_hub_split(args.dataset_name, args.dataset_config_name)
-    found = {split: data[split] for split, _ in SPLIT_OPTIONS if split in data}
-    if not found:
-        raise DataError(f"--dataset_name {args.dataset_name} has no train, validation or test split; its splits "
-                        f"are {list(data)}")
-    unused = [split for split in data if split not in found]
-    if unused:
-        logger.warning("--dataset_name %s: using the splits %s; not used: %s", args.dataset_name, list(found), unused)
-    return found
-
-
 def load_data(args) -> tuple[dict[str, Split], str | None]:
     """The train/validation/test splits from the Hub or from local files, cut to the requested sizes, and the
     SHA-256 of the training file (what --resume checks)."""
-    splits, train_digest = {}, None
-    if args.dataset_name:
-        name = " ".join(n for n in (args.dataset_name, args.dataset_config_name) if n)
-        for split, dataset in hub_splits(args).items():
-            splits[split] = split_from_hub(split, dataset, f"{name} [{split}]", args)
-    else:
-        for split, option in SPLIT_OPTIONS:
-            path = getattr(args, f"{split}_file")
-            if path:
-                splits[split] = split_from_file(split, option, path, args)
-        if args.train_file:
-            train_digest = file_sha256(Path(args.train_file).expanduser())
-    return {name: split.head(args.limit(name)) for name, split in splits.items()}, train_digest
+    return read_splits(args, lambda split, option, path: split_from_file(split, option, path, args),
+                       lambda split, dataset, source: split_from_hub(split, dataset, source, args))
 
 
 def training_classes(train: Split) -> list[str]:

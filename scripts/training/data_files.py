@@ -16,6 +16,7 @@ import csv
 import gzip
 import hashlib
 import json
+import warnings
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import NamedTuple
 
 import datasets
 
-from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError
+from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError, DataWarning
 
 TABLE_TYPES = (".tsv", ".csv", ".json", ".jsonl")
 READER_VERSION = "2"  # bump when a reader here changes what it yields: datasets' cached copies are then not reused
@@ -85,12 +86,18 @@ def table_type(path: str | Path) -> str | None:
     return next((kind for kind in TABLE_TYPES if name.endswith(kind)), None)
 
 
-def check_table_file(path: str | Path, option: str) -> Path:
-    """`path` as a Path, when it is a file that `table_rows` reads; else a `DataError` naming `option`."""
+def check_data_file(path: str | Path, option: str) -> Path:
+    """`path` as a Path, when it is a file; else a `DataFileNotFoundError` naming `option`."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataFileNotFoundError(f"{option} {path}: " + ("it is a folder, not a file" if path.is_dir()
                                                             else "no such file"))
+    return path
+
+
+def check_table_file(path: str | Path, option: str) -> Path:
+    """`path` as a Path, when it is a file that `table_rows` reads; else a `DataError` naming `option`."""
+    path = check_data_file(path, option)
     if table_type(path) is None:
         raise DataError(f"{path}: unsupported data file type {path.suffix!r}; use .csv, .tsv, .json or .jsonl "
                         "(each may be .gz)")
@@ -242,6 +249,19 @@ def cached_dataset(generator, files: list[Path], features: datasets.Features, **
         if isinstance(error.__cause__, DataError):  # our own message, not datasets' generic one
             raise error.__cause__ from None
         raise
+
+
+def hub_splits(name: str, config: str | None) -> dict[str, datasets.Dataset]:
+    """The train, validation and test splits of a Hub dataset (those it has); a warning names the others."""
+    data = load_hub_split(name, config)
+    found = {split: data[split] for split in ("train", "validation", "test") if split in data}
+    if not found:
+        raise DataError(f"--dataset_name {name} has no train, validation or test split; its splits are {list(data)}")
+    unused = [split for split in data if split not in found]
+    if unused:
+        warnings.warn(f"--dataset_name {name}: using the splits {list(found)}; not used: {unused}", DataWarning,
+                      stacklevel=2)
+    return found
 
 
 def load_hub_split(name: str, config: str | None, split: str | None = None):

@@ -38,6 +38,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
+from vanilla_transformer.scripts.training.data_files import file_sha256, hub_splits
 from vanilla_transformer.scripts.training.errors import ArgumentError, CheckpointError
 from vanilla_transformer.scripts.training.model_folders import (
     ModelFolder,
@@ -144,6 +145,24 @@ class FinetuneArguments:
     def limit(self, split: str) -> int | None:
         """How many rows of a split are used: --max_train_samples, --max_eval_samples."""
         return self.max_train_samples if split == "train" else self.max_eval_samples
+
+
+def read_splits(args: FinetuneArguments, from_file, from_hub) -> tuple[dict, str | None]:
+    """The splits given (--train_file, --validation_file, --test_file; or --dataset_name's train, validation and
+    test), each read by the command's reader (`from_file(split, option, path)`, `from_hub(split, dataset, source)`)
+    and cut to --max_train_samples / --max_eval_samples rows (`.head(limit)`); and the SHA-256 of the training
+    file, what --resume checks."""
+    splits = {}
+    if args.dataset_name:
+        name = " ".join(n for n in (args.dataset_name, args.dataset_config_name) if n)
+        for split, dataset in hub_splits(args.dataset_name, args.dataset_config_name).items():
+            splits[split] = from_hub(split, dataset, f"{name} [{split}]")
+    for split, option in (("train", "--train_file"), ("validation", "--validation_file"), ("test", "--test_file")):
+        path = getattr(args, f"{split}_file")
+        if path:
+            splits[split] = from_file(split, option, path)
+    digest = file_sha256(Path(args.train_file).expanduser()) if args.train_file else None
+    return {split: rows.head(args.limit(split)) for split, rows in splits.items()}, digest
 
 
 def parse_arguments(arguments_class: type, description: str, argv: list[str] | None):

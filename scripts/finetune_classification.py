@@ -44,7 +44,7 @@ from vanilla_transformer.scripts.training.classification_data import (
     predict_split,
     tokenize,
 )
-from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback
+from vanilla_transformer.scripts.training.errors import ArgumentError
 from vanilla_transformer.scripts.training.finetuning import (
     FinetuneArguments as CommonArguments,
     checkpoint_classes,
@@ -53,7 +53,7 @@ from vanilla_transformer.scripts.training.finetuning import (
     prepare_run,
     record_run,
 )
-from vanilla_transformer.scripts.training.finetuning_trainer import save_run, train
+from vanilla_transformer.scripts.training.finetuning_trainer import exit_status, save_run, train
 from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR
 
 logger = logging.getLogger("finetune_classification")
@@ -120,15 +120,11 @@ def run(argv: list[str] | None = None) -> dict:
     for name in ("validation", "test"):
         if name in data:
             results[name] = predict_split(trainer, splits[name], data[name], classes, output_dir)
-            logger.info("%s: %s", name, results[name])
-    save_run(trainer, tokenizer, results)
-    return results
+    return save_run(trainer, tokenizer, results)
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        outcome = run(argv)
-    return 130 if "interrupted_at_step" in outcome else 0
+    return exit_status(run, argv)
 
 
 if __name__ == "__main__":

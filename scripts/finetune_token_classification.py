@@ -33,7 +33,7 @@ import evaluate
 from transformers import AutoConfig, DataCollatorForTokenClassification, set_seed
 
 from vanilla_transformer.scripts.training import finetuning_trainer
-from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback
+from vanilla_transformer.scripts.training.errors import ArgumentError
 from vanilla_transformer.scripts.training.finetuning import (
     FinetuneArguments,
     checkpoint_classes,
@@ -42,7 +42,7 @@ from vanilla_transformer.scripts.training.finetuning import (
     prepare_run,
     record_run,
 )
-from vanilla_transformer.scripts.training.finetuning_trainer import save_run, train
+from vanilla_transformer.scripts.training.finetuning_trainer import exit_status, save_run, train
 from vanilla_transformer.scripts.training.token_data import IGNORED, choose_tags, encode, load_data, predict_split
 from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR
 
@@ -115,15 +115,11 @@ def run(argv: list[str] | None = None) -> dict:
         if name in splits:
             results[name] = predict_split(trainer, splits[name], *encoded[name], tags, metric,
                                           Path(args.output_dir).expanduser())
-            logger.info("%s: %s", name, results[name])
-    save_run(trainer, tokenizer, results)
-    return results
+    return save_run(trainer, tokenizer, results)
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        outcome = run(argv)
-    return 130 if "interrupted_at_step" in outcome else 0
+    return exit_status(run, argv)
 
 
 if __name__ == "__main__":

@@ -135,6 +135,8 @@ ENTITY_CASES = {
     "IOB1: B- only between two of a type": ([["I-PER", "I-PER", "B-PER"]], [["I-PER", "B-PER", "I-PER"]], 0, 0, 0,
                                             1 / 3),
     "BIOES": ([["S-LOC", "B-PER", "E-PER", "O"]], [["S-LOC", "B-PER", "I-PER", "O"]], 1, 1, 1, 3 / 4),
+    "BIOES: E- and S- end entities": ([["B-PER", "E-PER", "S-PER"]], [["B-PER", "E-PER", "O"]], 1, 1 / 2, 2 / 3,
+                                      2 / 3),
     "IOE: E- ends an entity": ([["I-PER", "E-PER", "I-PER", "E-PER"]], [["I-PER", "I-PER", "I-PER", "E-PER"]], 0, 0,
                                0, 3 / 4),
     "sentences do not join": ([["O", "B-LOC"], ["I-LOC", "O"]], [["O", "B-LOC"], ["B-LOC", "O"]], 1, 1, 1, 3 / 4),
@@ -205,8 +207,8 @@ def test_a_hugging_face_bert_gets_our_token_head_around_its_converted_encoder(tm
     finetune_tokenizer.save_pretrained(tmp_path / "hf")
     model, _ = load_model_and_tokenizer(str(tmp_path / "hf"), ["O", "B-X"], head="token")
     assert type(model) is VanillaBertForTokenClassification and model.config.id2label == {0: "O", 1: "B-X"}
-    saved = safetensors.torch.load_file(tmp_path / "hf" / "model.safetensors")
-    torch.testing.assert_close(model.bert.embeddings.embed_tokens.weight, saved["bert.embeddings.word_embeddings.weight"])
+    saved = safetensors.torch.load_file(tmp_path / "hf" / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
+    torch.testing.assert_close(model.bert.embeddings.embed_tokens.weight, saved)
 
 
 class CtrlCAt(TrainerCallback):

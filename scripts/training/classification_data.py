@@ -278,4 +278,5 @@ def predict_split(trainer: Trainer, split: Split, dataset: datasets.Dataset, cla
               for row, label, p in zip(split.rows, ids.tolist(), predictions.tolist())]
     path.write_text("\n".join(lines) + "\n")
     results[f"{name}_predictions"] = path.name
+    logger.info("%s: %s", name, results)
     return results

@@ -180,6 +180,8 @@ def _ragged(path: Path, header: int, names: list[str], number: int, fields: list
         f"{path}, line {number}: {len(fields)} {'tab' if tab else 'comma'}-separated field{'s' * (len(fields) != 1)}, "
         f"but the header (line {header}) names {len(names)} columns {names}"
         + (f"; {len(ragged)} such rows: {others}" if len(ragged) > 1 else "")
+        + (" (a field of several lines: a quote opened there and never closed?)" if any("\n" in f for f in fields)
+           else "")
         + (". A tab inside a text, or a missing field? Replace the tab by a space, or fix the row" if tab else
            ". A comma inside a text, or a missing field? Quote the field, or fix the row")
         + " (an empty field is allowed)"

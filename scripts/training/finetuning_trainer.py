@@ -1,8 +1,8 @@
 """The Trainer side of the fine-tuning engine (`finetuning`): `build_trainer` gives `Trainer` the project's optimizer
-and schedule (`optimization.make_optimizer`, `optimization.make_schedule`), length-grouped epochs that a resumed run replays, and
-checkpoints without a pickle; `train` adds Ctrl-C/SIGTERM (save and stop) and divergence (stop, save nothing);
-`save_run` writes the Hub-ready folder from the whole weights (`run_folder.whole_weights`, every process) and
-results.json, then removes the checkpoints.
+and schedule (`optimization.make_optimizer`, `optimization.make_schedule`), length-grouped epochs that a resumed run
+replays, and checkpoints without a pickle; `train` adds Ctrl-C/SIGTERM (save and stop) and divergence (stop, save
+nothing); `save_run` writes the Hub-ready folder from the whole weights (`run_folder.whole_weights`, every process)
+and results.json, then removes the checkpoints; `exit_status` is a command's `main`.
 """
 
 import json
@@ -17,7 +17,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
-from vanilla_transformer.scripts.training.errors import CheckpointError, TrainingError
+from vanilla_transformer.scripts.training.errors import CheckpointError, TrainingError, errors_without_traceback
 from vanilla_transformer.scripts.training.finetuning import FinetuneArguments, checkpoints
 from vanilla_transformer.scripts.training.engine import StopSignals, describe_engine
 from vanilla_transformer.scripts.training.optimization import make_optimizer, make_schedule
@@ -204,7 +204,7 @@ def check_finite_scores(results: dict, source: str) -> None:
         raise TrainingError(f"{source}: non-finite scores {broken}: the model or the data is broken; not reported")
 
 
-def save_run(trainer: Trainer, tokenizer, results: dict) -> None:
+def save_run(trainer: Trainer, tokenizer, results: dict) -> dict:
     """The Hub-ready model and results.json in --output_dir; the checkpoints are then removed (the run is
     complete). Every process calls it: under FSDP2 or DeepSpeed ZeRO-3 they gather the whole weights together;
     the main one writes."""
@@ -217,3 +217,12 @@ def save_run(trainer: Trainer, tokenizer, results: dict) -> None:
             shutil.rmtree(checkpoint)
         logger.info("saved to %s", output_dir)
     trainer.accelerator.wait_for_everyone()
+    return results
+
+
+def exit_status(run, argv: list[str] | None) -> int:
+    """A command's `main`: `run(argv)`, its refusals printed as one message without a traceback (status 1); 130
+    when Ctrl-C or SIGTERM stopped the run (a checkpoint saved), else 0."""
+    with errors_without_traceback():
+        outcome = run(argv)
+    return 130 if "interrupted_at_step" in outcome else 0

@@ -229,4 +229,5 @@ def predict_split(trainer: Trainer, split: Sentences, dataset: datasets.Dataset,
         lines += [f"{word} {tag} {prediction}" for word, tag, prediction in zip(words, gold, guess)] + [""]
     (output_dir / f"{name}_predictions.txt").write_text("\n".join(lines))
     results[f"{name}_predictions"] = f"{name}_predictions.txt"
+    logger.info("%s: %s", name, results)
     return results

@@ -12,7 +12,7 @@ attention weights as without a cache), `test_shared_cross_attention_cache_stays_
 `test_repeated_rows_finds_the_runs_of_equal_rows`.
 
 Entered from one place: `SharedRowsCrossAttention`, the cross-attention the encoder-decoder builds its decoder layers
-with (`modeling_vanilla_transformer.layer_args`). Its `memory_keys_values` calls `one_row_per_sentence` at the first
+with (`transformer_stacks.layer_args`). Its `memory_keys_values` calls `one_row_per_sentence` at the first
 decoding step; its kernel is wrapped by `shared_rows_kernel` where the keys have fewer rows than the queries. Only the
 encoder-decoder imports this module: BERT's folders do not carry it.
 """

@@ -6,7 +6,7 @@ Plain computation it equals: `logits = linear(hidden, weight, bias)` and
 MLM head, `test_bert_sparse_prediction_with_skip_padding_equals_dense_padded_loss`).
 
 Entered from one place: `VocabularyProjection.forward` with labels (BERT's sparse MLM prediction,
-`modeling_vanilla_bert.py`).
+`bert_layers.py`).
 """
 
 import torch

@@ -1,5 +1,6 @@
 """The layers both model families are built from, "Attention Is All You Need" (Vaswani et al. 2017), section 3:
-the position-wise feed-forward network, the encoder/decoder layer with its residuals and norms, the stack of N layers.
+the position-wise feed-forward network, the encoder/decoder layer with its residuals and norms, the stack of N layers,
+and what transformers may do with a model built on them (`LayerStackSupport`).
 
 Shapes: B batch, T target (or sequence) length, S source length, D model width (d_model). Between layers the
 hidden states are (B, T, D), or with `skip_padding` the (N, D) rows of the N real tokens (`token_layout.py`).
@@ -167,3 +168,17 @@ class LayerStack(nn.Module):
             attentions=tuple(self_attentions) if output_attentions else None,
             cross_attentions=tuple(cross_attentions) if output_attentions and encoder_hidden_states is not None else None,
         )
+
+
+class LayerStackSupport:
+    """What transformers may do with a model built on `LayerStack`s, declared once for both families: their
+    PreTrainedModel mixes this in before PreTrainedModel, whose defaults it overrides."""
+
+    supports_gradient_checkpointing = True  # each TransformerLayer is a GradientCheckpointingLayer
+    # The layer: FSDP's auto-wrap gives each a unit of its own, and device_map places whole layers. Not the embeddings:
+    # a unit of theirs would part the word embeddings from the output projection tied to them
+    _no_split_modules = ["TransformerLayer"]
+    _supports_sdpa = True  # the kernels behind the standard attention interface (`attention.py`)
+    _supports_flash_attn = True
+    _supports_flex_attn = True
+    _can_compile_fullgraph = False  # the input checks read tensor values

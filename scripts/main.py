@@ -28,7 +28,7 @@ from transformers import AutoModelForMaskedLM, AutoModelForSeq2SeqLM, AutoTokeni
 
 from vanilla_transformer.scripts import pretrain_mlm, train_translation
 from vanilla_transformer.scripts.training.embedded_corpora import embedded_split
-from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback
+from vanilla_transformer.scripts.training.errors import ArgumentError, run_command
 from vanilla_transformer.scripts.training.translation_data import file_pairs, read_lines
 
 FAMILIES = ("translation", "bert")
@@ -222,10 +222,7 @@ What next (after `pip install .`; in a clone, `.venv/bin/vanilla-transformer`). 
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        (args,) = HfArgumentParser(MainArguments).parse_args_into_dataclasses(args=argv)
-        run(args)
-    return 0
+    return run_command(run, HfArgumentParser(MainArguments).parse_args_into_dataclasses, argv)
 
 
 if __name__ == "__main__":

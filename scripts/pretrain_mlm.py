@@ -50,7 +50,7 @@ from transformers import AutoConfig, AutoModelForMaskedLM, HfArgumentParser
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.tokenization import train_wordpiece_tokenizer
 from vanilla_transformer.scripts.training.batching import token_batches
-from vanilla_transformer.scripts.training.errors import ArgumentError, DataError, DataFileNotFoundError, errors_without_traceback
+from vanilla_transformer.scripts.training.errors import ArgumentError, DataError, DataFileNotFoundError, run_command
 from vanilla_transformer.scripts.training.embedded_corpora import is_embedded
 from vanilla_transformer.scripts.training.evaluation import evaluation_share
 from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, TrainOutcome
@@ -247,9 +247,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopAr
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        outcome = run(*parse_args(argv))
-    return 130 if outcome.stop_reason == "interrupted" else 0
+    return run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,7 @@ from vanilla_transformer.scripts.training.errors import (
     DataError,
     DataFileNotFoundError,
     DataWarning,
-    errors_without_traceback,
+    run_command,
 )
 from vanilla_transformer.scripts.training.translation_data import load_dataset_split, text_lines
 from vanilla_transformer.tokenization import train_bpe_tokenizer
@@ -122,10 +122,7 @@ def run(args: TokenizerArguments):
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        (arguments,) = HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses(args=argv)
-        run(arguments)
-    return 0
+    return run_command(run, HfArgumentParser(TokenizerArguments).parse_args_into_dataclasses, argv)
 
 
 if __name__ == "__main__":

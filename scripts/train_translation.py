@@ -52,7 +52,7 @@ from vanilla_transformer.scripts.training.errors import (
     DataFileNotFoundError,
     check_fraction,
     check_positive,
-    errors_without_traceback,
+    run_command,
 )
 from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, TrainOutcome
 from vanilla_transformer.scripts.training.optimization import paper_learning_rate
@@ -292,9 +292,7 @@ def parse_args(argv: list[str] | None = None):
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        outcome = run(*parse_args(argv))
-    return 130 if outcome.stop_reason == "interrupted" else 0
+    return run_command(run, parse_args, argv)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ import json
 import re
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
@@ -24,6 +25,7 @@ from vanilla_transformer.scripts.benchmarking import corpora, processes
 from vanilla_transformer.tokenization import train_bpe_tokenizer, train_wordpiece_tokenizer
 from vanilla_transformer.scripts.training import translation_data
 from vanilla_transformer.scripts.training.batching import token_batches
+from vanilla_transformer.scripts.training.run import RunContext
 from vanilla_transformer.scripts.training.translation_data import CorpusArguments, load_parallel, tokenize_pairs
 
 
@@ -88,7 +90,7 @@ def test_mlm_blocks_cross_document_boundaries_lose_no_token_and_come_from_the_ca
     assert isinstance(lengths, np.ndarray) and lengths.tolist() == [len(block) for block in ids]
 
     written = arrow_files()
-    monkeypatch.setattr(pretrain_mlm, "text_lines", never)
+    monkeypatch.setattr(mlm_data, "text_lines", never)
     tokenizer.save_pretrained(tmp_path / "tokenizer")
     reloaded = AutoTokenizer.from_pretrained(tmp_path / "tokenizer")  # as a resumed run has it: another object
     again = mlm_data.tokenize_blocks(mlm_data.load_texts(args)["train"], reloaded, block_size=24,
@@ -110,7 +112,7 @@ def test_resumed_runs_go_on_mid_epoch_without_reading_or_tokenizing_the_corpus(
     assert run_mlm([*mlm, "--max_steps_this_run", "2"]).global_step == 2
 
     written = arrow_files()
-    for module in (translation_data, pretrain_mlm):
+    for module in (translation_data, mlm_data):
         monkeypatch.setattr(module, "text_lines", never)
     monkeypatch.setattr(translation_data, "_tokenize_batch", never)
     monkeypatch.setattr(datasets.Dataset, "__iter__", never)  # no reading row by row either
@@ -118,6 +120,11 @@ def test_resumed_runs_go_on_mid_epoch_without_reading_or_tokenizing_the_corpus(
         resumed = run([*argv, "--max_steps_this_run", "1", "--resume"])
         assert (resumed.global_step, resumed.epoch) == (3, 0)  # mid-epoch: an epoch has more than 3 steps
     assert arrow_files() == written  # nothing tokenized: a tokenizing map writes its result
+
+
+def a_fresh_run(output_dir: Path) -> RunContext:
+    """What a fresh run's tokenizer step sees: the main process, no checkpoint to resume."""
+    return RunContext(accelerator=SimpleNamespace(is_main_process=True), loop=None, output_dir=output_dir, resume=None)
 
 
 def test_tokenizers_train_from_a_dataset_in_batches_never_row_by_row(tmp_path, monkeypatch, mlm_documents):
@@ -128,11 +135,11 @@ def test_tokenizers_train_from_a_dataset_in_batches_never_row_by_row(tmp_path, m
     monkeypatch.setattr(datasets.Dataset, "__iter__", never)
 
     args = train_translation.TranslationArguments(train_split="t", validation_split="v", vocab_size=60)
-    bpe = train_translation.get_tokenizer(args, pairs, pairs, tmp_path / "translation", resume=None)
+    bpe = train_translation.get_tokenizer(args, pairs, pairs, a_fresh_run(tmp_path / "translation"))
     assert bpe.unk_token_id not in bpe(documents[0].upper())["input_ids"]  # the target side was read too
     mlm, _ = pretrain_mlm.parse_args(["--train_file", "t", "--validation_file", "v", "--output_dir", "o",
                                       "--max_steps", "1", "--vocab_size", "60"])
-    wordpiece = pretrain_mlm.get_tokenizer(mlm, texts, tmp_path / "mlm", resume=None)
+    wordpiece = pretrain_mlm.get_tokenizer(mlm, texts, a_fresh_run(tmp_path / "mlm"))
     assert wordpiece.unk_token_id not in wordpiece(documents[0])["input_ids"]
     (tmp_path / "hub").mkdir()
     (tmp_path / "hub" / "train.jsonl").write_text("".join(json.dumps({"text": text}) + "\n" for text in documents))

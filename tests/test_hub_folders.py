@@ -26,10 +26,16 @@ SHARED = {
     "token_layout.py",
 }
 OWN = {
-    "bert": {"configuration_vanilla_bert.py", "modeling_vanilla_bert.py", "fast_loss.py"},
+    "bert": {
+        "configuration_vanilla_bert.py",
+        "modeling_vanilla_bert.py",
+        "bert_layers.py",  # BERT's embeddings, pooler and MLM head
+        "fast_loss.py",
+    },
     "translation": {
         "configuration_vanilla_transformer.py",
         "modeling_vanilla_transformer.py",
+        "transformer_stacks.py",  # the encoder and decoder stacks
         "beam_cache.py",  # beam search's cross-attention cache
         "compat.py",  # the cache argument's rename between transformers releases
         "pipeline_translation.py",  # custom_pipelines' translation and text2text-generation

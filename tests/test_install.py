@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# Every script of scripts/, as `[project.scripts]` names it: vanilla-transformer-<name with dashes>
-SCRIPTS = sorted(path.stem for path in (ROOT / "scripts").glob("*.py") if path.stem != "__init__")
+# Every command module of scripts/ (all but the package's own files and the dispatcher), and its older console name,
+# vanilla-transformer-<name with dashes>, an alias of `vanilla-transformer <name with dashes>`
+SCRIPTS = sorted(path.stem for path in (ROOT / "scripts").glob("*.py") if path.stem not in ("__init__", "__main__",
+                                                                                             "cli"))
 COMMANDS = [f"vanilla-transformer-{name.replace('_', '-')}" for name in SCRIPTS]
 
 
@@ -72,17 +74,25 @@ package = distribution("vanilla-transformer")  # the first on sys.path: the whee
 answers = {"metadata": str(package.locate_file("")), "metrics": sorted(p.name for p in METRICS_DIR.glob("*/*.py")),
            "modules": [m.__file__ for m in (vanilla_transformer.modeling, vanilla_transformer.tokenization,
                                             vanilla_transformer.scripts.training.loop)] + [str(METRICS_DIR)]}
-for command in package.entry_points.select(group="console_scripts"):
-    sys.argv = [command.name]  # as the command's wrapper has it: the usage line names the command
+def ask(main, argv):
     output = io.StringIO()
     with contextlib.redirect_stdout(output):
         try:
-            command.load()(["--help"])
-            status = None
+            status = main(argv)
         except SystemExit as stop:
             status = stop.code
-    answers[command.name] = {"value": command.value, "status": status, "output": output.getvalue(),
+    return status, output.getvalue()
+
+for command in package.entry_points.select(group="console_scripts"):
+    sys.argv = [command.name]  # as the command's wrapper has it: the usage line names the command
+    status, output = ask(command.load(), ["--help"])
+    answers[command.name] = {"value": command.value, "status": status, "output": output,
                              "file": sys.modules[command.module].__file__}
+from vanilla_transformer.scripts import cli
+for name in cli.COMMANDS:  # the one command's subcommands: vanilla-transformer <name> --help
+    sys.argv = ["vanilla-transformer"]
+    status, output = ask(cli.main, [name, "--help"])
+    answers[f"vanilla-transformer {name}"] = {"status": status, "output": output}
 print(json.dumps(answers))
 """
 
@@ -101,6 +111,15 @@ def test_every_command_is_installed_from_the_wheel_and_explains_itself(installed
     assert answers.pop("metrics") == ["accuracy_f1.py", "chrf.py", "sacrebleu.py"]
     for module in answers.pop("modules"):
         assert Path(module).is_relative_to(installed["site"] / "vanilla_transformer"), module  # not the clone
+    one = answers.pop("vanilla-transformer")  # the one command: its help lists every subcommand
+    assert one["value"] == "vanilla_transformer.scripts.cli:main" and one["output"].startswith(
+        "usage: vanilla-transformer <command>")
+    for name in SCRIPTS:
+        subcommand = name.replace("_", "-")
+        assert f"\n  {subcommand} " in one["output"], subcommand
+        answer = answers.pop(f"vanilla-transformer {subcommand}")
+        assert answer["status"] == 0 and answer["output"].startswith(f"usage: vanilla-transformer {subcommand} ")
+        assert "--help" in answer["output"] and len(answer["output"].splitlines()) > 5, subcommand
     assert sorted(answers) == sorted(COMMANDS)
     for command, name in zip(COMMANDS, SCRIPTS):
         answer = answers[command]
@@ -111,6 +130,11 @@ def test_every_command_is_installed_from_the_wheel_and_explains_itself(installed
     # a wrapper as a process, and a script as a module
     result = _run([str(bin_dir / "vanilla-transformer-main"), "--help"], cwd=installed["work"], env=installed["env"])
     assert result.stdout.startswith("usage: vanilla-transformer-main ") and "--families" in result.stdout
+    result = _run([str(bin_dir / "vanilla-transformer"), "main", "--help"], cwd=installed["work"], env=installed["env"])
+    assert result.stdout.startswith("usage: vanilla-transformer main ") and "--families" in result.stdout
+    result = _run([str(bin_dir / "python"), "-m", "vanilla_transformer.scripts", "--help"], cwd=installed["work"],
+                  env=installed["env"])
+    assert "train-translation" in result.stdout and "finetune-token-classification" in result.stdout
     result = _run([str(bin_dir / "python"), "-m", "vanilla_transformer.scripts.train_tokenizer", "--help"],
                   cwd=installed["work"], env=installed["env"])
     assert "--vocab_size" in result.stdout
@@ -119,7 +143,7 @@ def test_every_command_is_installed_from_the_wheel_and_explains_itself(installed
 def test_tiny_translation_and_mlm_runs_and_a_model_card_through_the_installed_commands(
         installed, write_translation_corpus, translation_args, write_mlm_corpus, mlm_args, tiny_model_args):
     work, bin_dir = installed["work"], installed["venv"] / "bin"
-    translation = _run([str(bin_dir / "vanilla-transformer-train-translation"),
+    translation = _run([str(bin_dir / "vanilla-transformer"), "train-translation",
                         *translation_args(write_translation_corpus(work / "parallel"), work / "translation",
                                           "--max_steps", "2", "--length_penalties", "1.0")],
                        cwd=work, env=installed["env"])
@@ -127,12 +151,12 @@ def test_tiny_translation_and_mlm_runs_and_a_model_card_through_the_installed_co
     final = work / "translation" / "final"
     assert (final / "model.safetensors").is_file() and (final / "config.json").is_file()
     assert (work / "translation" / "validation_scores.json").is_file()  # BLEU through the installed metric modules
-    _run([str(bin_dir / "vanilla-transformer-publish"), "--model_dir", str(final), "--output_dir", str(work / "hub")],
+    _run([str(bin_dir / "vanilla-transformer"), "publish", "--model_dir", str(final), "--output_dir", str(work / "hub")],
          cwd=work, env=installed["env"])
     card = (work / "hub" / "README.md").read_text()  # rendered from the installed template
     assert card.startswith("---") and 'pipe = pipeline("translation", model=' in card and "{{" not in card
 
-    mlm = _run([str(bin_dir / "vanilla-transformer-pretrain-mlm"),
+    mlm = _run([str(bin_dir / "vanilla-transformer"), "pretrain-mlm",
                 *mlm_args(write_mlm_corpus(work / "text"), work / "mlm", "--max_steps", "2", *tiny_model_args())],
                cwd=work, env=installed["env"])
     assert "training stopped at step 2" in mlm.stdout

@@ -47,6 +47,14 @@ def errors_without_traceback():
         raise SystemExit(1) from None
 
 
+def run_command(run, parse_args, argv: list[str] | None) -> int:
+    """A command's `main(argv)`: its arguments parsed, its run, our refusals as one line (`errors_without_traceback`);
+    the exit status: 130 for a run stopped by Ctrl-C or SIGTERM (its checkpoint saved), else 0."""
+    with errors_without_traceback():
+        outcome = run(*parse_args(argv))
+    return 130 if getattr(outcome, "stop_reason", None) == "interrupted" else 0
+
+
 def check_positive(**values: float | None) -> None:
     """Each value that is given must be a finite number above 0 (a learning rate of 0 trains nothing)."""
     for name, value in values.items():

@@ -72,7 +72,7 @@ def test_mlm_blocks_cross_document_boundaries_lose_no_token_and_come_from_the_ca
                                        "--max_steps", "1"])
     tokenizer = train_wordpiece_tokenizer(documents, vocab_size=80, show_progress=False)
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
-    monkeypatch.setattr(pretrain_mlm, "map_processes", lambda rows: 2)
+    monkeypatch.setattr(mlm_data, "map_processes", lambda rows: 2)
 
     blocks = mlm_data.tokenize_blocks(mlm_data.load_texts(args)["train"], tokenizer, block_size=24,
                                           whole_word_mask=False, documents_per_group=100)

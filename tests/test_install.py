@@ -108,7 +108,7 @@ def test_every_command_is_installed_from_the_wheel_and_explains_itself(installed
     result = _run([str(bin_dir / "python"), "-c", HELP_OF_EVERY_COMMAND], cwd=installed["work"], env=installed["env"])
     answers = json.loads(result.stdout.strip().splitlines()[-1])
     assert Path(answers.pop("metadata")).resolve() == installed["site"].resolve()
-    assert answers.pop("metrics") == ["accuracy_f1.py", "chrf.py", "sacrebleu.py"]
+    assert answers.pop("metrics") == ["accuracy_f1.py", "chrf.py", "sacrebleu.py", "seqeval_f1.py"]
     for module in answers.pop("modules"):
         assert Path(module).is_relative_to(installed["site"] / "vanilla_transformer"), module  # not the clone
     one = answers.pop("vanilla-transformer")  # the one command: its help lists every subcommand

@@ -2,7 +2,7 @@
 finetune_token_classification): what differs between them is their data and their head; the run is this one.
 
 - `FinetuneArguments`: the options every fine-tune has (model, data files, schedule, checkpoints, precision);
-  a command subclasses it with its columns.
+  a command subclasses it with its columns. `read_splits`: the splits given, each read by the command's reader.
 - `prepare_run`: before any data is read, the model folder (`check_model_folder`, --max_seq_length against its
   positions), the precision (bf16 on a CPU without it falls back to fp32, with a warning), and the output folder:
   never the model folder; new or empty; with --resume a run of the same command with the same arguments, but for
@@ -12,6 +12,7 @@ finetune_token_classification): what differs between them is their data and thei
   token classification head; `from_scratch`: the same architecture and tokenizer, random weights.
 - `record_run`: the run's arguments, the SHA-256 of its training data and its classes, written when it starts
   (RUN_FILE) and checked when it resumes.
+
 The Trainer side (optimizer, schedule, callbacks, training, saving) is `finetuning_trainer`.
 """
 

@@ -112,3 +112,12 @@ def test_main_job_arguments_are_checked(argv, message):
     with pytest.raises(SystemExit) as stopped:  # through main: one line, no traceback
         main_job.main(argv)
     assert stopped.value.code == 1
+
+
+def test_a_slow_machine_is_told_the_minutes_the_bert_recipe_needs():
+    args = main_job.MainArguments()
+    plateau = {"val_accuracy": 0.06, "val_frequency_baseline": 0.046}
+    advice = main_job.budget_advice(800, 300.0, plateau, args)  # 800 steps in the 5 minutes: a third of the steps
+    assert "still on the masked-LM plateau" in advice and "--bert_minutes 15" in advice  # 2,400 steps at 800 per 5 min
+    fine = main_job.budget_advice(main_job.BERT_STEPS_NEEDED + 1, 300.0, {"val_accuracy": 0.3, **plateau}, args)
+    assert "enough for this recipe" in fine and "--bert_minutes" not in fine

@@ -232,12 +232,18 @@ def report(results: dict) -> str:
         lines.append(f"- {split}: {counts['sentences']} sentences, {counts['with_entities']} with an entity; "
                      + ", ".join(f"{k} {v}" for k, v in counts["entities"].items()))
     settings = results["settings"]
-    lines += ["", f"Settings: {settings['epochs']:g} epochs, batch 32, --max_seq_length {settings['max_seq_length']}, "
-              f"learning rate {settings['learning_rate']:g} for (a) and (b), {settings['minilm_learning_rate']:g} "
-              f"for (c), seed {settings['seed']}."
-              + (f" The budget MLM was pretrained here for {results['mlm_pretraining_minutes']} minutes on "
-                 "WikiText-2 valid.txt (the NER training sentences' text, without their tags)."
-                 if "mlm_pretraining_minutes" in results else f" MLM: {settings['mlm_folder']}."), ""]
+    lines += ["", *textwrap.wrap(
+                  f"Settings: {settings['epochs']:g} epochs, batch 32, --max_seq_length {settings['max_seq_length']}, "
+                  f"learning rate {settings['learning_rate']:g} for (a) and (b), {settings['minilm_learning_rate']:g} "
+                  f"for (c), seed {settings['seed']}."
+                  + (f" The budget MLM was pretrained here for {results['mlm_pretraining_minutes']} minutes on "
+                     "WikiText-2 valid.txt (the NER training sentences' text, without their tags)."
+                     if "mlm_pretraining_minutes" in results else f" MLM: {settings['mlm_folder']}."), width=118), "",
+              *textwrap.wrap(
+                  "All three tokenizers lower-case the text (the budget WordPiece, MiniLM's uncased vocabulary): the "
+                  "capitalisation that the gazetteer's rules read is invisible to the models. The budget MLM was "
+                  "pretrained on blocks of 16 tokens: its position embeddings past 16 are as untrained as those of "
+                  "(a).", width=118), ""]
     return "\n".join(lines)
 
 

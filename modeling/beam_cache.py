@@ -15,6 +15,11 @@ Entered from one place: `SharedRowsCrossAttention`, the cross-attention the enco
 with (`transformer_stacks.layer_args`). Its `memory_keys_values` calls `one_row_per_sentence` at the first
 decoding step; its kernel is wrapped by `shared_rows_kernel` where the keys have fewer rows than the queries. Only the
 encoder-decoder imports this module: BERT's folders do not carry it.
+
+What the outside sees is the plain computation's cache: through the Cache API (`layer.keys`, `layer.values`,
+iterating the cache, the cache `generate(return_dict_in_generate=True)` returns) a `SharedRowsLayer` has one row per
+batch row, (B, K, S, Dh) as transformers documents, the stored rows expanded on that first read; only our attention
+reads the shared rows (`stored_rows`), so the search itself keeps the saving (`generate` reads no layer's keys).
 """
 
 import torch
@@ -42,27 +47,102 @@ def repeated_rows(states: torch.Tensor, mask: torch.Tensor | None = None) -> int
 
 
 class SharedRowsLayer(DynamicLayer):
-    """A cross-attention cache layer that holds one row of keys/values for each run of `shared` consecutive batch
+    """A cross-attention cache layer that stores one row of keys/values for each run of `shared` consecutive batch
     rows that have the same ones (beam search: a sentence's beams), batch row i reading stored row i // shared.
+
+    Two views of one content:
+    - `stored_rows()`: the stored rows (B / shared, K, S, Dh), which `SharedRowsCrossAttention` reads at every step;
+    - `keys` / `values`, the Cache API's: one row per batch row (B, K, S, Dh), the shape transformers documents and
+      every other reader gets (the cache `generate(return_dict_in_generate=True)` returns, assisted decoding, a
+      user's loop). The first read or write through them expands the stored rows for good (`shared` becomes 1, the
+      layer a plain per-row one): the sharing lasts while only our attention reads the layer, during the search.
     Selecting or reordering batch rows keeps it exact: a reorder within the runs changes nothing (beam search
     only moves beams within a sentence); any other selection gets one stored row per batch row."""
 
     def __init__(self, shared: int):
-        super().__init__()
+        self.shared, self._keys, self._values = 1, None, None
+        super().__init__()  # keys = values = None, through the setters below
         self.shared = shared
+
+    def stored_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values as stored: (B / shared, K, S, Dh), no copy."""
+        return self._keys, self._values
+
+    def expand_rows(self) -> None:
+        """One stored row per batch row from now on (B, K, S, Dh): what any other model's cache holds."""
+        if self.shared > 1 and self._keys is not None:
+            self._keys = self._keys.repeat_interleave(self.shared, dim=0)
+            self._values = self._values.repeat_interleave(self.shared, dim=0)
+        self.shared = 1
+
+    @property
+    def keys(self) -> torch.Tensor | None:
+        self.expand_rows()
+        return self._keys
+
+    @keys.setter
+    def keys(self, value: torch.Tensor | None) -> None:
+        self.expand_rows()
+        self._keys = value
+
+    @property
+    def values(self) -> torch.Tensor | None:
+        self.expand_rows()
+        return self._values
+
+    @values.setter
+    def values(self, value: torch.Tensor | None) -> None:
+        self.expand_rows()
+        self._values = value
+
+    def update(self, key_states, value_states, *args, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first update, `SharedRowsCrossAttention`'s, stores the rows as they come (one per run of `shared`
+        batch rows, `one_row_per_sentence`) and returns them; any later one appends to one row per batch row."""
+        if self.is_initialized:
+            return super().update(key_states, value_states, *args, **kwargs)
+        self.device, self.is_initialized = key_states.device, True
+        self._keys, self._values = key_states, value_states
+        return self.stored_rows()
+
+    def get_seq_length(self) -> int:
+        return 0 if not self.is_initialized or self._keys.numel() == 0 else self._keys.shape[-2]
+
+    def reset(self) -> None:
+        self._keys = self._values = None
+        self.shared = 1  # the next update stores rows as they come (`one_row_per_sentence` may share them again)
+        super().reset()
+
+    def offload(self) -> None:
+        if self.is_initialized:
+            self._keys, self._values = (x.to("cpu", non_blocking=True) for x in self.stored_rows())
+
+    def prefetch(self) -> None:
+        if self.is_initialized and self._keys.device != self.device:
+            self._keys, self._values = (x.to(self.device, non_blocking=True) for x in self.stored_rows())
+
+    def crop(self, tokens_to_remove: int) -> None:
+        if tokens_to_remove < 0 and self.is_initialized:  # positive or 0: the checks and no-op of DynamicLayer
+            self._keys, self._values = (x[..., :tokens_to_remove, :] for x in self.stored_rows())
+        else:
+            super().crop(tokens_to_remove)
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        if self.get_seq_length() > 0:  # each batch row `repeats` times: each stored row serves `repeats` times more
+            self.shared *= repeats
 
     def reorder_cache(self, beam_idx: torch.Tensor) -> None:
         if self.get_seq_length() == 0:
             return
-        runs = beam_idx.to(self.keys.device) // self.shared
+        runs = beam_idx.to(self._keys.device) // self.shared
         if not torch.equal(runs, torch.arange(len(runs), device=runs.device) // self.shared):
             self.batch_select_indices(beam_idx)
 
     def batch_select_indices(self, indices: torch.Tensor) -> None:
         if self.get_seq_length() == 0:
             return
-        rows = torch.arange(self.keys.shape[0] * self.shared, device=self.keys.device)[indices] // self.shared
-        self.keys, self.values, self.shared = self.keys[rows], self.values[rows], 1
+        rows = torch.arange(self._keys.shape[0] * self.shared, device=self._keys.device)[indices] // self.shared
+        keys, values = self.stored_rows()
+        self._keys, self._values, self.shared = keys[rows], values[rows], 1
 
 
 def one_row_per_sentence(attention, cross_cache: Cache, memory: torch.Tensor, attention_mask) -> torch.Tensor:
@@ -74,7 +154,7 @@ def one_row_per_sentence(attention, cross_cache: Cache, memory: torch.Tensor, at
     layer_class = (type(layers[layer_idx]) if layer_idx < len(layers)
                    else getattr(cross_cache, "layer_class_to_replicate", None))
     if not (
-        layer_class is DynamicLayer
+        layer_class in (DynamicLayer, SharedRowsLayer)  # SharedRowsLayer: one that `reset` emptied
         and not torch.compiler.is_compiling()  # finding the shared rows reads tensor values
         and attention.config._attn_implementation in ("eager", "sdpa")
         and (attention_mask is None or (isinstance(attention_mask, torch.Tensor) and attention_mask.dim() == 4))
@@ -116,7 +196,11 @@ class SharedRowsCrossAttention(MultiHeadAttention):
     keys and values once for all its beams. The same parameters and checkpoint keys, the same outputs."""
 
     def memory_keys_values(self, memory, attention_mask, cache) -> tuple[torch.Tensor, torch.Tensor]:
-        if cache is not None and not cache.is_updated.get(self.layer_idx):  # first step: once per sentence
+        if cache is not None and cache.is_updated.get(self.layer_idx):  # later steps: the rows as stored
+            layer = cache.cross_attention_cache.layers[self.layer_idx]
+            if isinstance(layer, SharedRowsLayer):  # read without expanding them (`keys` would)
+                return layer.stored_rows()
+        elif cache is not None:  # first step: once per sentence
             memory = one_row_per_sentence(self, cache.cross_attention_cache, memory, attention_mask)  # (B / g, S, D)
         return super().memory_keys_values(memory, attention_mask, cache)
 

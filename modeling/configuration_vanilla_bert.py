@@ -10,15 +10,21 @@ from transformers.activations import ACT2FN
 
 from .config_checks import (
     POSITION_EMBEDDING_TYPES,
+    CheckedConfig,
     check_attention_shape,
     check_choice,
+    check_model_size,
     check_positive,
     check_positive_float,
     check_probability,
+    check_types,
+    layer_values,
+    sinusoidal_build_bytes,
+    warn_unknown_keys,
 )
 
 
-class VanillaBertConfig(PreTrainedConfig):
+class VanillaBertConfig(CheckedConfig, PreTrainedConfig):
     r"""
     Args:
         vocab_size: size of the WordPiece vocabulary.
@@ -56,6 +62,11 @@ class VanillaBertConfig(PreTrainedConfig):
         pad_token_id: id of [PAD]; its embedding gets no gradient.
     `num_labels`, `id2label`, `label2id` and `problem_type` (regression, single_label_classification,
     multi_label_classification) come from `PreTrainedConfig`.
+
+    A config.json is untrusted input (`config_checks.py`): each field must have its type, a key no config knows is
+    warned about by name, and a config whose model would take more than half of this machine's memory is refused
+    unless `allow_large_model=True` is passed (here, to `from_pretrained` or to `AutoModel*.from_pretrained`) or
+    VANILLA_TRANSFORMER_ALLOW_LARGE_MODELS=1 is set. `from_pretrained` of a folder of another model type is refused.
     """
 
     model_type = "vanilla_bert"
@@ -82,6 +93,8 @@ class VanillaBertConfig(PreTrainedConfig):
     pad_token_id: int | None = 0
 
     def __post_init__(self, **kwargs):
+        check_types(self)
+        allow_large_model = kwargs.pop("allow_large_model", False)
         if self.num_key_value_heads is None:
             self.num_key_value_heads = self.num_attention_heads  # multi-head: one key/value head per query head
         check_attention_shape(self.hidden_size, self.num_attention_heads, self.num_key_value_heads, "attention")
@@ -104,7 +117,26 @@ class VanillaBertConfig(PreTrainedConfig):
             raise ValueError(
                 f"pad_token_id={self.pad_token_id} is outside the vocabulary (vocab_size={self.vocab_size})"
             )
+        build = sinusoidal_build_bytes(self.position_embedding_type, self.max_position_embeddings, self.hidden_size)
+        check_model_size(self.weight_counts(), allow_large_model, build)
+        warn_unknown_keys(self, kwargs)
         super().__post_init__(**kwargs)
+
+    def weight_counts(self) -> dict[str, int]:
+        """{part: number of values} of the weights of a model of this config (the MLM head's, the largest)."""
+        hidden, vocab, layers = self.hidden_size, self.vocab_size, self.num_hidden_layers
+        key_value_width = self.num_key_value_heads * (hidden // self.num_attention_heads)
+        tables = 1 if self.tie_word_embeddings else 2  # the MLM head's projection, unless it is the embedding table
+        return {
+            f"the token embeddings (vocab_size={vocab:,} x hidden_size={hidden:,})": tables * vocab * hidden + vocab,
+            f"the position table (max_position_embeddings={self.max_position_embeddings:,} x hidden_size={hidden:,})":
+                self.max_position_embeddings * hidden,
+            f"the segment table (type_vocab_size={self.type_vocab_size:,} x hidden_size={hidden:,})":
+                self.type_vocab_size * hidden,
+            f"the {layers:,} layers (num_hidden_layers, hidden_size={hidden:,}, intermediate_size="
+            f"{self.intermediate_size:,})": layers * layer_values(hidden, key_value_width, self.intermediate_size),
+            "the pooler and the MLM head's transform": 2 * hidden * hidden + 5 * hidden,
+        }
 
 
 __all__ = ["VanillaBertConfig"]

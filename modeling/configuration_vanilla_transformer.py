@@ -10,15 +10,21 @@ from transformers.activations import ACT2FN
 
 from .config_checks import (
     POSITION_EMBEDDING_TYPES,
+    CheckedConfig,
     check_attention_shape,
     check_choice,
+    check_model_size,
     check_positive,
     check_positive_float,
     check_probability,
+    check_types,
+    layer_values,
+    sinusoidal_build_bytes,
+    warn_unknown_keys,
 )
 
 
-class VanillaTransformerConfig(PreTrainedConfig):
+class VanillaTransformerConfig(CheckedConfig, PreTrainedConfig):
     r"""
     Args:
         vocab_size: size of the joint source/target vocabulary.
@@ -51,6 +57,11 @@ class VanillaTransformerConfig(PreTrainedConfig):
         init_std: standard deviation of the embedding initialisation; `None` gives d_model**-0.5, which after
             the sqrt(d_model) scaling gives unit-variance inputs.
         tie_word_embeddings: share the embedding matrix with the pre-softmax projection (the paper does).
+
+    A config.json is untrusted input (`config_checks.py`): each field must have its type, a key no config knows is
+    warned about by name, and a config whose model would take more than half of this machine's memory is refused
+    unless `allow_large_model=True` is passed (here, to `from_pretrained` or to `AutoModel*.from_pretrained`) or
+    VANILLA_TRANSFORMER_ALLOW_LARGE_MODELS=1 is set. `from_pretrained` of a folder of another model type is refused.
     """
 
     model_type = "vanilla_transformer"
@@ -91,6 +102,8 @@ class VanillaTransformerConfig(PreTrainedConfig):
     decoder_start_token_id: int | None = 1
 
     def __post_init__(self, **kwargs):
+        check_types(self)
+        allow_large_model = kwargs.pop("allow_large_model", False)
         if self.num_key_value_heads is None and self.encoder_attention_heads == self.decoder_attention_heads:
             self.num_key_value_heads = self.decoder_attention_heads  # multi-head: one key/value head per query head
         check_positive(
@@ -118,7 +131,27 @@ class VanillaTransformerConfig(PreTrainedConfig):
             token_id = getattr(self, name)
             if token_id is not None and not 0 <= token_id < self.vocab_size:
                 raise ValueError(f"{name}={token_id} is outside the vocabulary (vocab_size={self.vocab_size})")
+        build = sinusoidal_build_bytes(self.position_embedding_type, self.max_position_embeddings, self.d_model)
+        check_model_size(self.weight_counts(), allow_large_model, build)
+        warn_unknown_keys(self, kwargs)
         super().__post_init__(**kwargs)
+
+    def weight_counts(self) -> dict[str, int]:
+        """{part: number of values} of the weights (and the two position tables) of a model of this config."""
+        d_model, vocab, positions = self.d_model, self.vocab_size, self.max_position_embeddings
+        parts = {
+            f"the token embeddings (vocab_size={vocab:,} x d_model={d_model:,})":
+                (1 if self.tie_word_embeddings else 2) * vocab * d_model + vocab,
+            f"the position tables (2 x max_position_embeddings={positions:,} x d_model={d_model:,})":
+                2 * positions * d_model,
+        }
+        for side, attentions in (("encoder", 1), ("decoder", 2)):  # a decoder layer adds cross-attention
+            layers, heads = getattr(self, f"{side}_layers"), getattr(self, f"{side}_attention_heads")
+            ffn_dim = getattr(self, f"{side}_ffn_dim")
+            key_value_width = (self.num_key_value_heads or heads) * (d_model // heads)
+            what = f"the {side}'s {layers:,} layers ({side}_layers, d_model={d_model:,}, {side}_ffn_dim={ffn_dim:,})"
+            parts[what] = layers * layer_values(d_model, key_value_width, ffn_dim, attentions)
+        return parts
 
 
 __all__ = ["VanillaTransformerConfig"]

@@ -123,14 +123,31 @@ def hub_classes(model_type: str) -> dict[str, type]:
     raise ValueError(f"no Hub export is defined for model_type={model_type!r}")
 
 
+def save_tokenizer_with_model(tokenizer, folder: str | Path, config) -> None:
+    """Save `tokenizer` into a model's folder with the model's own length limit as its `model_max_length`
+    (`config.max_position_embeddings`): a tokenizer trained with the default 512 beside a model of 128 positions would
+    let `truncation=True` through at 512 tokens, and the model fail on them. The caller's tokenizer is left as it
+    was."""
+    limit = getattr(config, "max_position_embeddings", None)
+    previous = getattr(tokenizer, "model_max_length", None)
+    if limit is not None and previous is not None:
+        tokenizer.model_max_length = limit
+    try:
+        tokenizer.save_pretrained(folder)
+    finally:
+        if previous is not None:
+            tokenizer.model_max_length = previous
+
+
 def save_for_hub(model: PreTrainedModel, folder: str | Path, tokenizer=None, state_dict: dict | None = None) -> Path:
     """Save `model` (and `tokenizer`) as a folder that loads with trust_remote_code=True without this package:
-    `model.save_pretrained(folder)` (Hub-ready by itself, `HubFolders`) and the tokenizer beside it. `state_dict`:
-    the weights to write instead of the model's own (those of a sharded model, gathered whole)."""
+    `model.save_pretrained(folder)` (Hub-ready by itself, `HubFolders`) and the tokenizer beside it, saying the model's
+    length limit (`save_tokenizer_with_model`). `state_dict`: the weights to write instead of the model's own (those
+    of a sharded model, gathered whole)."""
     folder = Path(folder)
     if not prepare_for_hub(model):
         raise ValueError(f"{type(model).__name__} is not one of this package's model classes; no Hub export for it")
     model.save_pretrained(folder, state_dict=state_dict)
     if tokenizer is not None:
-        tokenizer.save_pretrained(folder)
+        save_tokenizer_with_model(tokenizer, folder, model.config)
     return folder

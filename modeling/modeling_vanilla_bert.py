@@ -28,7 +28,7 @@ from .configuration_vanilla_bert import VanillaBertConfig
 from .embeddings import PositionEmbedding
 from .fast_dropout import Dropout
 from .hub import HubFolders
-from .inputs import check_batch, check_token_ids, output_options
+from .inputs import check_batch, check_length, check_tensor, check_token_ids, output_options
 from .layers import LayerStack, LayerStackSupport
 from .losses import token_cross_entropy
 from .token_layout import TokenLayout
@@ -139,8 +139,12 @@ class VanillaBertModel(VanillaBertPreTrainedModel):
             raise ValueError("output_positions returns the final hidden states at some positions only; it cannot "
                              "be combined with output_hidden_states")
         check_token_ids(input_ids, self.embeddings.embed_tokens.num_embeddings)
+        check_tensor(inputs_embeds, "inputs_embeds")
+        check_tensor(token_type_ids, "token_type_ids")
         shape = (input_ids if input_ids is not None else inputs_embeds).shape
-        check_batch(shape, attention_mask, "input_ids" if input_ids is not None else "inputs_embeds")
+        what = "input_ids" if input_ids is not None else "inputs_embeds"
+        check_batch(shape, attention_mask, what)
+        check_length(shape[1], self.config.max_position_embeddings, what)
         if token_type_ids is not None and token_type_ids.shape != shape[:2]:
             raise ValueError(
                 f"token_type_ids has shape {tuple(token_type_ids.shape)}, expected {tuple(shape[:2])}: one segment id "
@@ -207,6 +211,8 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         )
         masked = None
         if labels is not None:
+            for name, value in (("labels", labels), ("input_ids", input_ids), ("inputs_embeds", inputs_embeds)):
+                check_tensor(value, name)
             shape = (input_ids if input_ids is not None else inputs_embeds).shape[:2]
             if labels.shape != shape:
                 raise ValueError(f"labels {tuple(labels.shape)} must have the shape of the input {tuple(shape)}")
@@ -303,6 +309,7 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
 
     def _check_labels(self, labels: torch.Tensor, batch_size: int) -> str:
         """Raise a clear error for labels the problem type cannot take; return the problem type."""
+        check_tensor(labels, "labels")
         num_labels, problem_type = self.num_labels, self.config.problem_type
         if problem_type is None:  # the same inference as transformers' ForSequenceClassificationLoss
             if num_labels == 1:
@@ -374,6 +381,7 @@ class VanillaBertForTokenClassification(VanillaBertPreTrainedModel):
         logits = self.classifier(self.dropout(outputs.last_hidden_state))  # (B, T, C)
         loss = None
         if labels is not None:
+            check_tensor(labels, "labels")
             if labels.shape != logits.shape[:2]:
                 raise ValueError(
                     f"labels {tuple(labels.shape)} must hold one class id per token {tuple(logits.shape[:2])}, -100 "

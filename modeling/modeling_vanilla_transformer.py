@@ -18,7 +18,7 @@ from .compat import cache_argument, cache_field, output_cache
 from .configuration_vanilla_transformer import VanillaTransformerConfig
 from .embeddings import PositionEmbedding
 from .hub import HubFolders
-from .inputs import output_options
+from .inputs import check_generation, check_tensor, output_options
 from .layers import LayerStackSupport
 from .losses import token_cross_entropy
 from .pipeline_translation import Text2TextGenerationPipeline, TranslationPipeline
@@ -199,6 +199,13 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         """Used by DataCollatorForSeq2Seq(tokenizer, model=model) to build decoder inputs."""
         return shift_tokens_right(labels, self.config.pad_token_id, self.config.decoder_start_token_id)
 
+    def generate(self, inputs=None, generation_config=None, *args, **kwargs):
+        """`GenerationMixin.generate`, after `inputs.check_generation`: a beam wider than the vocabulary, or more
+        new tokens than the target positions, is refused before decoding starts."""
+        generation = generation_config if generation_config is not None else self.generation_config
+        check_generation(self.config, generation, kwargs, inputs)
+        return super().generate(inputs, generation_config, *args, **kwargs)
+
     def forward(
         self,
         input_ids: torch.Tensor | None = None,  # (B, S)
@@ -276,6 +283,7 @@ class VanillaTransformerForConditionalGeneration(VanillaTransformerPreTrainedMod
         return cache
 
     def _check_labels(self, labels, input_ids, decoder_input_ids) -> None:
+        check_tensor(labels, "labels")
         if labels.dim() != 2:
             raise ValueError(
                 f"labels must be (batch, target_length) token ids, got shape {tuple(labels.shape)}; "

@@ -14,6 +14,8 @@ or simply `TranslationPipeline(model=model, tokenizer=tok)`. Generation options 
 pass through, at construction or per call.
 """
 
+import warnings
+
 from transformers import Pipeline
 
 
@@ -64,11 +66,31 @@ class Text2TextGenerationPipeline(Pipeline):
             postprocess["clean_up_tokenization_spaces"] = clean_up_tokenization_spaces
         return preprocess, generate_kwargs, postprocess
 
-    def preprocess(self, text: str, truncation: bool = True, max_length: int | None = None):
+    def preprocess(self, text: str, truncation: bool | None = None, max_length: int | None = None):
+        """The text's ids, at most `max_length` (default: the model's max_position_embeddings). A text longer than the
+        model's limit is cut with a warning that says so (`truncation=True`, or a `max_length` of one's own: cut
+        without one; `truncation=False`: refused): a translation of its beginning must not pass for one of the text."""
         if not isinstance(text, str):
             raise TypeError(f"{type(self).__name__} takes a string or a list of strings, got {type(text).__name__}")
         limit = max_length or self.model.config.max_position_embeddings
-        return self.tokenizer(text, return_tensors="pt", truncation=truncation, max_length=limit)
+        if truncation or max_length is not None:
+            return self.tokenizer(text, return_tensors="pt", truncation=truncation is not False, max_length=limit)
+        encoded = self.tokenizer(text, return_tensors="pt")
+        length = encoded["input_ids"].shape[1]
+        if length <= limit:
+            return encoded
+        if truncation is False:
+            raise ValueError(
+                f"the text is {length} tokens long, more than the {limit} the model reads (max_position_embeddings): "
+                "split it into sentences, or pass truncation=True to translate its first tokens only"
+            )
+        warnings.warn(
+            f"the text is {length} tokens long, more than the {limit} the model reads (max_position_embeddings): only "
+            f"its first {limit} tokens are translated. Split it into sentences, or pass truncation=True to cut without "
+            "this warning",
+            stacklevel=2,
+        )
+        return self.tokenizer(text, return_tensors="pt", truncation=True, max_length=limit)
 
     def _forward(self, model_inputs, **generate_kwargs):
         if hasattr(self, "_prepare_generate_kwargs"):  # transformers >= 5.20: the call's and the init's parameters

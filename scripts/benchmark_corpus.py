@@ -51,7 +51,12 @@ from vanilla_transformer.scripts.benchmarking.common import DATA_DIR_HELP, data_
 from vanilla_transformer.scripts.benchmarking.corpora import make_pairs, make_text
 from vanilla_transformer.scripts.benchmarking.corpus_report import machine, plot, write_table
 from vanilla_transformer.scripts.benchmarking.processes import measure
-from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback
+from vanilla_transformer.scripts.training.errors import (
+    ArgumentError,
+    errors_without_traceback,
+    parse_arguments,
+    when_interrupted,
+)
 
 FAMILIES = ("translation", "mlm")
 # The files of --data_dir each family reads.
@@ -182,7 +187,10 @@ def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
         parser = HfArgumentParser(CorpusBenchmarkArguments, description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
-        (arguments,) = parser.parse_args_into_dataclasses(args=argv)
+        (arguments,) = parse_arguments(parser, argv)
+        when_interrupted(lambda: f"the sizes measured to the end, if any, are in {arguments.output_dir}/"
+                                 f"corpus_results.json, the size being measured left its files in {arguments.work_dir}"
+                                 ": run it again (fewer --pairs or --text_mb sizes to be done sooner)")
         run(arguments)
     return 0
 

@@ -25,7 +25,7 @@ from transformers import AutoModelForSeq2SeqLM, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
 from vanilla_transformer.modeling.hub import HubFolders
-from vanilla_transformer.scripts.training.errors import ArgumentError, DataError, errors_without_traceback
+from vanilla_transformer.scripts.training.errors import ArgumentError, DataError, parse_arguments, run_command
 from vanilla_transformer.scripts.training.model_folders import (
     check_finite_weights,
     check_model_folder,
@@ -89,7 +89,7 @@ def run(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
     empty = sum(1 for r in references if not r.strip())
     if empty:
         print(f"warning: {empty} of {len(references)} references are empty; they are scored as they are")
-    generation = {"num_beams": args.num_beams or model.generation_config.num_beams,
+    generation = {"num_beams": args.num_beams or model.generation_config.num_beams or 1,  # None: not saved
                   "length_penalty": args.length_penalty if args.length_penalty is not None
                   else model.generation_config.length_penalty}
     start = time.monotonic()
@@ -112,13 +112,12 @@ def run(args: EvaluationArguments, corpus: CorpusArguments) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvaluationArguments, CorpusArguments]:
-    return HfArgumentParser((EvaluationArguments, CorpusArguments)).parse_args_into_dataclasses(args=argv)
+    return parse_arguments(HfArgumentParser((EvaluationArguments, CorpusArguments)), argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        run(*parse_args(argv))
-    return 0
+    return run_command(run, parse_args, argv, kept=lambda args, corpus: (
+        f"nothing was written (--output_file {args.output_file} is written at the end): run the same command again"))
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ or with ctranslate2 and tokenizers alone (the model card shows how).
 
 import gzip
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +30,9 @@ from transformers import HfArgumentParser
 
 from vanilla_transformer.modeling.convert_ctranslate2 import QUANTIZATIONS, export_ctranslate2
 from vanilla_transformer.scripts.serving.ctranslate2_translator import CTranslate2Translator
+from vanilla_transformer.scripts.training.errors import errors_without_traceback, parse_arguments, when_interrupted
+from vanilla_transformer.scripts.training.model_folders import check_no_dangling_link
+from vanilla_transformer.scripts.training.translation_data import CorpusArguments, split_files
 
 
 @dataclass
@@ -126,17 +130,25 @@ def compare(args: ExportArguments) -> dict:
     return report
 
 
-def main(argv: list[str] | None = None) -> None:
-    (args,) = HfArgumentParser(ExportArguments, description=__doc__.split("\n\n")[0]).parse_args_into_dataclasses(argv)
-    try:
-        output_dir = export_ctranslate2(args.model_dir, args.output_dir, args.quantization, force=args.force)
-    except (ValueError, RuntimeError, OSError) as error:  # unsupported variant, existing output, missing files
-        raise SystemExit(f"error: {error}") from None
-    print(f"exported {args.model_dir} to {output_dir} ({args.quantization})")
-    if args.compare_split is not None:
-        report = compare(args)
-        (Path(output_dir) / "comparison.json").write_text(json.dumps(report, indent=1) + "\n")
+def main(argv: list[str] | None = None) -> int:
+    with errors_without_traceback():
+        (args,) = parse_arguments(HfArgumentParser(ExportArguments, description=__doc__.split("\n\n")[0]), argv)
+        check_no_dangling_link(args.output_dir, "--output_dir")
+        if args.compare_split is not None:  # before the export: a wrong path fails at once
+            split_files(args.compare_split, CorpusArguments(source_lang=args.source_lang, target_lang=args.target_lang))
+        when_interrupted(lambda: f"{args.output_dir} may be incomplete: run the same command again with --force")
+        try:
+            output_dir = export_ctranslate2(args.model_dir, args.output_dir, args.quantization, force=args.force)
+        except (ValueError, RuntimeError, OSError) as error:  # unsupported variant, existing output, missing files
+            raise SystemExit(f"error: {error}") from None
+        print(f"exported {args.model_dir} to {output_dir} ({args.quantization})")
+        if args.compare_split is not None:
+            when_interrupted(lambda: f"the export in {output_dir} is complete; its comparison.json is not written: "
+                                     "run the same command again with --force for it")
+            report = compare(args)
+            (Path(output_dir) / "comparison.json").write_text(json.dumps(report, indent=1) + "\n")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -44,7 +44,7 @@ from vanilla_transformer.scripts.training.classification_data import (
     predict_split,
     tokenize,
 )
-from vanilla_transformer.scripts.training.errors import ArgumentError
+from vanilla_transformer.scripts.training.errors import ArgumentError, kept_in_run_folder, when_interrupted
 from vanilla_transformer.scripts.training.finetuning import (
     FinetuneArguments as CommonArguments,
     checkpoint_classes,
@@ -93,8 +93,9 @@ def build_trainer(model, tokenizer, data: dict, args: FinetuneArguments):
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse_arguments(FinetuneArguments, __doc__, argv)
+    when_interrupted(lambda: kept_in_run_folder(args.output_dir))  # Ctrl-C outside training (Trainer stops by itself)
     # Everything that can be checked is checked before the data is read and the model is loaded.
-    _, resume_from = prepare_run(args, "finetune_classification")
+    resume_from = prepare_run(args, "finetune_classification")
     output_dir = Path(args.output_dir).expanduser()
 
     splits, train_digest = load_data(args)

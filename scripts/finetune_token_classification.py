@@ -33,7 +33,7 @@ import evaluate
 from transformers import AutoConfig, DataCollatorForTokenClassification, set_seed
 
 from vanilla_transformer.scripts.training import finetuning_trainer
-from vanilla_transformer.scripts.training.errors import ArgumentError
+from vanilla_transformer.scripts.training.errors import ArgumentError, kept_in_run_folder, when_interrupted
 from vanilla_transformer.scripts.training.finetuning import (
     FinetuneArguments,
     checkpoint_classes,
@@ -90,8 +90,9 @@ def build_trainer(model, tokenizer, data: dict, args: TokenClassificationArgumen
 
 def run(argv: list[str] | None = None) -> dict:
     args = parse_arguments(TokenClassificationArguments, __doc__, argv)
+    when_interrupted(lambda: kept_in_run_folder(args.output_dir))  # Ctrl-C outside training (Trainer stops by itself)
     # Everything that can be checked is checked before the data is read and the model is loaded.
-    _, resume_from = prepare_run(args, COMMAND)
+    resume_from = prepare_run(args, COMMAND)
     splits, train_digest = load_data(args)
     config = AutoConfig.from_pretrained(args.model_name_or_path, trust_remote_code=False)
     tags = choose_tags(splits, checkpoint_classes(config, "token"), args.model_name_or_path)

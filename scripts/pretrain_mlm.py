@@ -50,7 +50,15 @@ from transformers import AutoConfig, AutoModelForMaskedLM, HfArgumentParser
 from vanilla_transformer.modeling import VanillaBertConfig, VanillaBertForMaskedLM
 from vanilla_transformer.tokenization import train_wordpiece_tokenizer
 from vanilla_transformer.scripts.training.batching import token_batches
-from vanilla_transformer.scripts.training.errors import ArgumentError, DataError, DataFileNotFoundError, run_command
+from vanilla_transformer.scripts.training.data_files import check_data_file
+from vanilla_transformer.scripts.training.errors import (
+    ArgumentError,
+    DataError,
+    hub_unreachable,
+    kept_in_run_folder,
+    parse_arguments,
+    run_command,
+)
 from vanilla_transformer.scripts.training.embedded_corpora import is_embedded
 from vanilla_transformer.scripts.training.evaluation import evaluation_share
 from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, TrainOutcome
@@ -67,6 +75,7 @@ from vanilla_transformer.scripts.training.mlm_data import (
     texts_of,
     tokenize_blocks,
 )
+from vanilla_transformer.scripts.training.model_folders import check_no_dangling_link, check_tokenizer_folder
 from vanilla_transformer.scripts.training.optimization import paper_learning_rate
 from vanilla_transformer.scripts.training.run import Recipe, RunContext, run_tokenizer
 from vanilla_transformer.scripts.training.run import run as run_recipe
@@ -89,9 +98,15 @@ class PretrainRecipe(Recipe):
         model_config(self.args)
         for option in ("train_file", "validation_file"):
             path = getattr(self.args, option)
-            if path and not is_embedded(path) and not Path(path).is_file():
-                raise DataFileNotFoundError(f"--{option} {path}: no such file"
-                                            + (" (it is a folder)" if Path(path).is_dir() else ""))
+            if path and not is_embedded(path):
+                check_data_file(path, f"--{option}")
+        check_no_dangling_link(self.loop.output_dir, "--output_dir")
+        if self.args.tokenizer_name:
+            check_tokenizer_folder(self.args.tokenizer_name, "--tokenizer_name", fix="give a folder a tokenizer was "
+                                   "saved in (scripts/train_tokenizer.py --kind wordpiece)")
+        elif self.args.model_name_or_path:
+            check_tokenizer_folder(self.args.model_name_or_path, "--model_name_or_path", fix="pass --tokenizer_name, "
+                                   "or save the tokenizer beside the model")
 
     def load(self, run: RunContext) -> None:
         args = self.args
@@ -194,8 +209,11 @@ def model_config(args: PretrainArguments, tokenizer=None):
         try:
             config = AutoConfig.from_pretrained(args.model_name_or_path)
         except (OSError, ValueError) as error:
+            unreachable = hub_unreachable(error)
+            why = (f"{unreachable}: check the network or HF_HUB_OFFLINE, or give a local folder" if unreachable else
+                   (str(error).strip().splitlines() or [type(error).__name__])[0])
             raise ArgumentError(f"--model_name_or_path {args.model_name_or_path}: no model config could be loaded "
-                                f"from it ({error})") from None
+                                f"from it ({why})") from None
         if config.model_type != VanillaBertConfig.model_type:
             raise ArgumentError(f"{args.model_name_or_path} holds a {config.model_type!r} model; this script "
                                 "continues vanilla_bert checkpoints")
@@ -243,11 +261,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[PretrainArguments, LoopAr
         if given.model_name_or_path:  # the checkpoint's config fixes these; the preset sets the rest of the recipe
             recipe = {name: value for name, value in recipe.items() if name not in NEW_MODEL_ONLY}
         parser.set_defaults(**recipe)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(run, parse_args, argv)
+    return run_command(run, parse_args, argv, kept=lambda args, loop: kept_in_run_folder(loop.output_dir))
 
 
 if __name__ == "__main__":

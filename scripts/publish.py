@@ -10,12 +10,14 @@ the tokenizer, the generation config, the modeling code and a model card rendere
 
 Checked before anything is written: the model folder (one of ours, finite weights), the metrics file (JSON, finite
 numbers), the output folder (new or empty, or an earlier output of this script; never the model folder) and the
-Hub repo id. Only this package's classes load the model: the folder's own .py files never run.
+Hub repo id. Only this package's classes load the model: the folder's own .py files never run. An upload that
+cannot reach the Hub, or that the Hub refuses, says so: the folder stays ready to push later.
 """
 
 import json
 import math
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,7 +34,13 @@ from vanilla_transformer.scripts.training.model_folders import (
     check_writable_dir,
 )
 from vanilla_transformer.modeling.hub import hub_classes, save_for_hub
-from vanilla_transformer.scripts.training.errors import errors_without_traceback
+from vanilla_transformer.scripts.training.errors import (
+    NetworkError,
+    errors_without_traceback,
+    hub_unreachable,
+    parse_arguments,
+    when_interrupted,
+)
 
 # The model card template: model_card.md at the top of the clone; scripts/model_card.md links to it, so that it is
 # installed beside this file (package data of vanilla_transformer.scripts).
@@ -233,16 +241,53 @@ def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
     render_card(model, args, metrics, repo_id).save(output_dir / "README.md")
     print(f"Hub-ready folder: {output_dir}")
     if args.push_to_hub:
-        api = api or HfApi(token=args.token)
-        api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
-        commit = api.upload_folder(repo_id=args.push_to_hub, folder_path=str(output_dir), commit_message=f"Upload {args.model_name}")
-        print(f"uploaded: {getattr(commit, 'commit_url', commit)}")
+        push(args, output_dir, api)
     return output_dir
 
 
+def push(args: PublishArguments, output_dir: Path, api: HfApi | None) -> None:
+    """Upload the folder to --push_to_hub. The Hub out of reach, or refusing (a missing or read-only token, a
+    namespace that is not yours): a `NetworkError` saying so, and how to push the folder, which is ready, later."""
+    try:
+        api = api or HfApi(token=args.token)
+        api.create_repo(args.push_to_hub, private=args.private, exist_ok=True)
+        commit = api.upload_folder(repo_id=args.push_to_hub, folder_path=str(output_dir),
+                                   commit_message=f"Upload {args.model_name}")
+    except Exception as error:
+        unreachable = hub_unreachable(error)
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if unreachable:
+            raise NetworkError(f"{unreachable}: check the network or HF_HUB_OFFLINE; {push_later(args)}") from None
+        if isinstance(status, int) and 400 <= status < 500:
+            said = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            raise NetworkError(f"the Hugging Face Hub refused to create or write {args.push_to_hub} ({said}): log in "
+                               f"(`hf auth login`) or pass --token, with write access to it; {push_later(args)}"
+                               ) from None
+        raise
+    print(f"uploaded: {getattr(commit, 'commit_url', commit)}")
+
+
+def push_later(args: PublishArguments) -> str:
+    private = " --private" if args.private else ""
+    return (f"the folder is ready in {args.output_dir} to push later with `hf upload {args.push_to_hub} "
+            f"{args.output_dir} .{private}` (or this command again)")
+
+
+def interrupted(args: PublishArguments, started: float) -> str:
+    """What Ctrl-C left: the card is written last, so a card of this run means a complete folder."""
+    output_dir, card = Path(args.output_dir), Path(args.output_dir) / "README.md"
+    if card.is_file() and card.stat().st_mtime >= started:
+        return f"the folder {output_dir} is complete" + (f"; {push_later(args)}" if args.push_to_hub else "")
+    if output_dir.is_dir() and any(output_dir.iterdir()):
+        return f"{output_dir} is incomplete: delete it, then run the same command again"
+    return "nothing was written: run the same command again"
+
+
 def main(argv: list[str] | None = None) -> int:
-    (args,) = HfArgumentParser(PublishArguments).parse_args_into_dataclasses(args=argv)
+    started = time.time()
     with errors_without_traceback():
+        (args,) = parse_arguments(HfArgumentParser(PublishArguments), argv)
+        when_interrupted(lambda: interrupted(args, started))
         publish(args)
     return 0
 

@@ -35,6 +35,8 @@ from vanilla_transformer.scripts.training.errors import (
 from vanilla_transformer.scripts.training.translation_data import load_dataset_split, text_lines
 from vanilla_transformer.tokenization import train_bpe_tokenizer
 
+PREVIEW_CHARACTERS = 200  # of the first text, tokenized for the 20-token preview printed at the end
+
 
 @dataclass
 class TokenizerArguments:
@@ -89,9 +91,10 @@ def run(args: TokenizerArguments):
             raise DataFileNotFoundError(f"--files {path}: no such file" + (" (it is a folder)" if Path(path).is_dir()
                                                                            else ""))
     source = " ".join(args.files) if args.files else f"{args.dataset_name} ({args.split}, {', '.join(args.columns)})"
-    sample = next((text for text in texts(args) if text.strip()), None)  # reads no further than the first text
+    sample = next((text for text in texts(args) if text and not text.isspace()), None)  # only the first text
     if sample is None:
         raise DataError(f"{source}: no text (empty, or blank lines only): nothing to train a tokenizer on")
+    sample = sample[:PREVIEW_CHARACTERS]  # the preview tokenizes this much, not a whole (50 MB) first line
     counted = {"texts": 0}
 
     def counting(source: Iterator[str]) -> Iterator[str]:

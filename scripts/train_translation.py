@@ -35,7 +35,6 @@ counted in a warning.
 
 import argparse
 import functools
-import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -49,12 +48,14 @@ from vanilla_transformer.scripts.training.embedded_corpora import embedded_datas
 from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
     DataError,
-    DataFileNotFoundError,
     check_fraction,
     check_positive,
+    kept_in_run_folder,
+    parse_arguments,
     run_command,
 )
 from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, TrainOutcome
+from vanilla_transformer.scripts.training.model_folders import check_no_dangling_link, check_tokenizer_folder
 from vanilla_transformer.scripts.training.optimization import paper_learning_rate
 from vanilla_transformer.scripts.training.run import Recipe, RunContext, run_tokenizer
 from vanilla_transformer.scripts.training.run import run as run_recipe
@@ -165,9 +166,9 @@ class TranslationRecipe(Recipe):
         for split in (self.args.train_split, self.args.validation_split):
             if not is_embedded(split):
                 split_files(split, self.corpus)
-        tokenizer = self.args.tokenizer
-        if tokenizer and not Path(tokenizer).is_dir() and (os.sep in tokenizer or tokenizer.startswith(".")):
-            raise DataFileNotFoundError(f"--tokenizer {tokenizer}: no such folder")
+        check_tokenizer_folder(self.args.tokenizer, "--tokenizer", fix="give a folder a tokenizer was saved in "
+                               "(scripts/train_tokenizer.py --kind bpe), or leave out --tokenizer to train one")
+        check_no_dangling_link(self.loop.output_dir, "--output_dir")
 
     def load(self, run: RunContext) -> None:
         args = self.args
@@ -288,11 +289,11 @@ def _texts(pairs, count: int = 1000) -> list[str]:
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((TranslationArguments, CorpusArguments, LoopArguments), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    return parser.parse_args_into_dataclasses(args=argv)
+    return parse_arguments(parser, argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_command(run, parse_args, argv)
+    return run_command(run, parse_args, argv, kept=lambda args, corpus, loop: kept_in_run_folder(loop.output_dir))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,12 @@ from transformers import (  # noqa: E402
 
 import vanilla_transformer.modeling  # noqa: E402, F401  (registers our models: our folders load without their code)
 from vanilla_transformer.modeling.hub import HubFolders  # noqa: E402
-from vanilla_transformer.scripts.training.errors import ArgumentError, errors_without_traceback  # noqa: E402
+from vanilla_transformer.scripts.training.errors import (  # noqa: E402
+    ArgumentError,
+    errors_without_traceback,
+    parse_arguments,
+    when_interrupted,
+)
 from vanilla_transformer.scripts.training.model_folders import (  # noqa: E402
     check_finite_weights,
     check_model_folder,
@@ -198,13 +203,16 @@ def run(args: VisualizeArguments) -> dict[Path, Figure]:
 def parse_args(argv: list[str] | None = None) -> VisualizeArguments:
     parser = HfArgumentParser(VisualizeArguments, description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_arguments(parser, argv)
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     with errors_without_traceback():
-        run(parse_args(argv))
+        args = parse_args(argv)
+        when_interrupted(lambda: f"the PNGs written so far are in {args.output_dir}: run the same command again for "
+                                 "all of them")
+        run(args)
     return 0
 
 

@@ -21,7 +21,9 @@ What the sdist lacks: it ships the top-level `tests/*.py` files only, not `tests
 those two files import from. Missing modules are replaced by the stand-ins in `_STANDINS` (a file that a later sdist
 ships is used instead, see `missing`):
 - `tests/generation/test_utils.py` (`GenerationTesterMixin`, the generate tests): a plain class, so the
-  encoder-decoder test case cannot run transformers' generate tests (ours are in test_transformer_*.py);
+  encoder-decoder test case cannot run transformers' generate tests (ours are in test_transformer_*.py and
+  test_generation_contract.py); in its place the test case runs its own writing of the one that checks the cache
+  beam search returns, `test_beam_search_generate_dict_outputs_use_cache` (`BeamSearchCacheCheck`);
 - `tests/exporters/test_export.py` (`ExportTesterMixin`, which `ModelTesterMixin` subclasses: the torch.export /
   ONNX / ExecuTorch tests): a class with one skipped test saying so;
 - `tests/utils/test_configuration_utils.py` (`config_common_kwargs`, read by

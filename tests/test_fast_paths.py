@@ -333,12 +333,13 @@ def test_beam_search_caches_cross_attention_once_per_sentence(duplicate_sentence
     beams, moved, reorder = 3, [], model._reorder_cache
 
     def checked_reorder(past_key_values, beam_idx):
-        cross = [(layer.keys, layer.values) for layer in past_key_values.cross_attention_cache.layers]
+        # the rows as stored (reading `layer.keys` would expand them to one per beam, the Cache API's shape)
+        cross = [layer.stored_rows() for layer in past_key_values.cross_attention_cache.layers]
         expected = [layer.keys.index_select(0, beam_idx) for layer in past_key_values.self_attention_cache.layers]
         out = reorder(past_key_values, beam_idx)
         for (keys, values), layer in zip(cross, out.cross_attention_cache.layers):
-            assert layer.keys is keys and layer.values is values  # left as they are
-            assert keys.shape[0] == len(source)  # one row per sentence, not per beam
+            assert layer.stored_rows()[0] is keys and layer.stored_rows()[1] is values  # left as they are
+            assert keys.shape[0] == len(source) and layer.shared == beams  # one row per sentence, not per beam
         for keys, layer in zip(expected, out.self_attention_cache.layers):
             assert torch.equal(layer.keys, keys)  # one row per beam, reordered
         moved.append(bool((beam_idx != torch.arange(len(beam_idx))).any()))
@@ -373,11 +374,11 @@ def test_shared_cross_attention_cache_stays_exact_under_any_reorder(beam_idx, ti
     with torch.no_grad():
         step = model(input_ids=source, attention_mask=source_mask, decoder_input_ids=first, use_cache=True)
         cache = output_cache(step)
-        assert cache.cross_attention_cache.layers[0].keys.shape[0] == 2  # one row per sentence
+        assert cache.cross_attention_cache.layers[0].stored_rows()[0].shape[0] == 2  # one row per sentence
         order = torch.tensor(beam_idx)
         cache.reorder_cache(order)
         within = bool(torch.equal(order // 2, torch.arange(4) // 2))
-        assert cache.cross_attention_cache.layers[0].keys.shape[0] == (2 if within else 4)
+        assert cache.cross_attention_cache.layers[0].stored_rows()[0].shape[0] == (2 if within else 4)
         cached = model(encoder_outputs=(step.encoder_last_hidden_state[order],), attention_mask=source_mask[order],
                        decoder_input_ids=second, cache=cache).logits[:, -1]
         full = model(input_ids=source[order], attention_mask=source_mask[order],

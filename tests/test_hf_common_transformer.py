@@ -27,10 +27,41 @@ from vanilla_transformer.modeling import (  # noqa: E402
     VanillaTransformerModel,
 )
 
+from vanilla_transformer.modeling.compat import output_cache  # noqa: E402
+
 ids_tensor = hf.ids_tensor
-# transformers' generate tests, when the sdist ships them (5.24 does not: see hf_common.py); ours are in
-# test_transformer_*.py, test_fast_paths.py and test_model_contract.py
-GENERATION_MIXINS = () if generation_tests_reason(hf) else (hf.GenerationTesterMixin,)
+
+
+class BeamSearchCacheCheck:
+    """transformers' `GenerationTesterMixin.test_beam_search_generate_dict_outputs_use_cache`, written here for our
+    tester while the sdist lacks that mixin (hf_common.py): its beam search (2 sentences, 2 beams, 3 new tokens, no
+    early stop, every output asked for, the cache returned) and its expectation, the Cache API's documented shapes:
+    one row per beam in every self-attention layer (batch * beams, heads, cached length, head dim) and every
+    cross-attention layer (batch * beams, heads, source length, head dim)."""
+
+    def test_beam_search_generate_dict_outputs_use_cache(self):
+        config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
+        inputs = {name: inputs[name][:2] for name in ("input_ids", "attention_mask")}
+        config.eos_token_id = None  # as the mixin: no sentence stops early, every beam has the full length
+        config._attn_implementation = "eager"  # attention weights are asked for
+        model = VanillaTransformerForConditionalGeneration(config).eval()
+        out = model.generate(**inputs, do_sample=False, num_beams=2, early_stopping=False, length_penalty=2.0,
+                             max_new_tokens=3, output_scores=True, output_logits=True, output_attentions=True,
+                             output_hidden_states=True, return_dict_in_generate=True, use_cache=True)
+        self.assertEqual(out.sequences.shape, (2, 1 + 3))
+        cache, heads = output_cache(out), config.decoder_attention_heads
+        head_dim, source_length = config.d_model // heads, self.model_tester.seq_length
+        layers_and_lengths = ((cache.self_attention_cache.layers, 3), (cache.cross_attention_cache.layers, source_length))
+        for layers, length in layers_and_lengths:
+            self.assertEqual(len(layers), config.decoder_layers)
+            for layer in layers:
+                self.assertEqual((layer.keys.shape, layer.values.shape), ((2 * 2, heads, length, head_dim),) * 2)
+
+
+# transformers' generate tests, when the sdist ships them (5.24 does not: see hf_common.py), else our writing of the
+# one that checks the returned cache; the others are ours, in test_transformer_*.py, test_fast_paths.py,
+# test_generation_contract.py and test_model_contract.py
+GENERATION_MIXINS = (BeamSearchCacheCheck,) if generation_tests_reason(hf) else (hf.GenerationTesterMixin,)
 
 
 class VanillaTransformerModelTester:

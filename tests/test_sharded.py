@@ -240,7 +240,8 @@ def _fsdp_worker(rank: int, port: int, folder: Path, cases: dict) -> None:
             for step, batch in enumerate(batches, start=1):
                 _step(model, optimizer, scheduler, batch, rank, WORLD)
                 if step == SAVED_AT:
-                    checkpoints.save(accelerator, model, optimizer, scheduler, TrainingProgress(global_step=step))
+                    progress = TrainingProgress(global_step=step, step_in_epoch=step, train_seconds=1.0)
+                    checkpoints.save(accelerator, model, optimizer, scheduler, progress)
             model.eval()
             loss = mean_loss(accelerator, model, _evaluated(model_class))  # 2 batches on rank 0, 1 on rank 1
             (folder / name / f"loss_{rank}.json").write_text(json.dumps(loss))
@@ -261,7 +262,8 @@ def _fsdp_worker(rank: int, port: int, folder: Path, cases: dict) -> None:
                 _step(model, optimizer, scheduler, batch, rank, WORLD)
             dcp.save(get_model_state_dict(model), checkpoint_id=folder / name / "resumed")
             if name == "seq2seq":  # train_translation.py's --average_last
-                checkpoints.save(accelerator, model, optimizer, scheduler, TrainingProgress(global_step=STEPS))
+                progress = TrainingProgress(global_step=STEPS, step_in_epoch=STEPS, train_seconds=1.0)
+                checkpoints.save(accelerator, model, optimizer, scheduler, progress)
                 average_checkpoints(model, checkpoints.all())  # of steps SAVED_AT and STEPS
                 save_final(accelerator, model, None, folder / name / "averaged", {}, checkpoints.all()[-1])
                 assert is_sharded(model)

@@ -221,19 +221,22 @@ class CtrlCAt(TrainerCallback):
 
 
 def test_an_interrupted_run_resumes_to_the_uninterrupted_weights(monkeypatch, tmp_path, tiny_bert, ner_files):
+    """Ctrl-C mid-epoch: a checkpoint, no validation pass of the cut epoch, and a resume to the same weights (with
+    other evaluation settings, which do not change them)."""
     settings = ["--num_train_epochs", "2", "--save_steps", "3"]
-    files = {"train_file": ner_files["train_file"]}
+    files = {"train_file": ner_files["train_file"], "validation_file": ner_files["validation_file"]}
     command.run(token_args(tiny_bert, tmp_path / "whole", *settings, **files))
-    build_trainer = command.build_trainer
+    build_trainer, trainers = command.build_trainer, []
 
     def interrupted(*args, **kwargs):
-        trainer = build_trainer(*args, **kwargs)
-        trainer.add_callback(CtrlCAt(5))
-        return trainer
+        trainers.append(build_trainer(*args, **kwargs))
+        trainers[-1].add_callback(CtrlCAt(3))
+        return trainers[-1]
 
     monkeypatch.setattr(command, "build_trainer", interrupted)
     argv = token_args(tiny_bert, tmp_path / "stopped", *settings, **files)
-    assert command.run(argv)["interrupted_at_step"] == 5
+    assert command.run(argv)["interrupted_at_step"] == 3
+    assert not [entry for entry in trainers[0].state.log_history if "eval_loss" in entry]
     monkeypatch.setattr(command, "build_trainer", build_trainer)
     with pytest.raises(RuntimeError, match=r"with other settings \(--seed: checkpoint 0, now 1\)"):
         command.run([*argv, "--resume", "--seed", "1"])

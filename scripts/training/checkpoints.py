@@ -5,12 +5,10 @@ A checkpoint (`Checkpoints`) holds the model, optimizer, scheduler, gradient sca
 and JSON, no pickle, so that resuming never runs code that a checkpoint file brings. Checkpoints are written to a
 temporary folder and renamed when complete.
 
-A model sharded by FSDP2 (`fsdp_version: 2`, docs/scaling.md) is checkpointed whole: torch's own consolidation
-(`get_model_state_dict` / `get_optimizer_state_dict`, what `accelerator.get_state_dict` runs under FSDP2) gathers the
-weights and the optimizer state onto the main process, which writes the same files as without sharding; `--resume`
-shards them again (`set_model_state_dict` / `set_optimizer_state_dict`) under the same engine. The final folder
-(`run_folder.save_final`) and checkpoint averaging (`average_checkpoints`) work on the whole weights likewise, every process
-taking part (tested on CPU processes with `fully_shard`: tests/test_sharded.py).
+Every file of a checkpoint is untrusted data, checked before anything acts on it (`checkpoint_checks`: progress.json
+field by field and against the data, the state files against the objects they fill, the weights finite, plain files
+only); `--resume` renames final/ and deletes older checkpoints only after. A checkpoint folder that is a symbolic
+link is refused, and links are removed, never followed.
 """
 
 import json
@@ -18,7 +16,7 @@ import os
 import random
 import shutil
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +25,16 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import extract_model_from_parallel
 
+from vanilla_transformer.scripts.training.checkpoint_checks import (
+    MAX_PROGRESS_BYTES,
+    PROGRESS_FILE,
+    check_finite_weights,
+    check_optimizer_state,
+    check_plain_files,
+    check_progress,
+    check_rng_state,
+    check_state_like,
+)
 from vanilla_transformer.scripts.training.errors import CheckpointError
 
 
@@ -45,6 +53,10 @@ class TrainingProgress:
         return asdict(self)
 
     def load_state_dict(self, state: dict) -> None:
+        """`state` as `check_progress` passed it: its fields, no other key."""
+        unknown = state.keys() - {f.name for f in fields(self)}
+        if unknown:
+            raise ValueError(f"unknown progress fields {sorted(unknown)}")
         for key, value in state.items():
             setattr(self, key, value)
 
@@ -60,7 +72,6 @@ class TrainingProgress:
 # rest of it in JSON, each container tagged ({"dict": [[key, value], ...]}, {"list": [...]}, {"tuple": [...]},
 # {"tensor": name}, {"ndarray": [...], "dtype": ...}) so that it comes back with the same types.
 
-PROGRESS_FILE = "progress.json"
 LEGACY_PICKLES = ("random_states_0.pkl", "custom_checkpoint_0.pkl", "optimizer.bin", "scheduler.bin")
 
 
@@ -215,6 +226,15 @@ def _fsync(path: Path) -> None:
         os.close(descriptor)
 
 
+def remove_path(path: Path) -> None:
+    """Remove a file or a folder; a symbolic link is removed itself, never followed (nor does rmtree follow the
+    links inside a folder). Nothing there: nothing to do."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
 class Checkpoints:
     """`output_dir/checkpoints/step-N` folders (data only: see above), written complete or not at all."""
 
@@ -223,11 +243,22 @@ class Checkpoints:
         self.keep = keep
 
     def all(self) -> list[Path]:
-        """Complete checkpoints, oldest first (a save that was cut short is left in a `tmp-` folder, not listed)."""
+        """Complete checkpoints, oldest first (a save that was cut short is left in a `tmp-` folder, not listed). A
+        checkpoint that is a symbolic link is refused: a run reads, averages and deletes its checkpoints."""
         if not self.folder.is_dir():
             return []
-        found = [p for p in self.folder.iterdir()
-                 if p.is_dir() and p.name.startswith("step-") and p.name.removeprefix("step-").isdigit()]
+        found = []
+        for path in self.folder.iterdir():
+            number = path.name.removeprefix("step-")
+            if path.name.startswith("step-") and number.isascii() and number.isdigit():
+                if path.is_symlink():
+                    raise CheckpointError(
+                        f"{path} is a symbolic link (to {os.readlink(path)}): a run reads, averages and deletes its "
+                        "checkpoints, and never through a link out of its folder. Replace the link by a copy of the "
+                        "folder it points to (cp -rL), or delete it, then run again"
+                    )
+                if path.is_dir():
+                    found.append(path)
         return sorted(found, key=lambda p: int(p.name.removeprefix("step-")))
 
     def save(self, accelerator: Accelerator, model, optimizer, scheduler, progress: TrainingProgress) -> Path:
@@ -239,7 +270,7 @@ class Checkpoints:
         if accelerator.is_main_process:
             try:
                 for unfinished in self.folder.glob("tmp-step-*"):  # saves that were cut short
-                    shutil.rmtree(unfinished)
+                    remove_path(unfinished)
                 partial.mkdir(parents=True)
             except OSError as error:
                 failure = error
@@ -286,17 +317,18 @@ class Checkpoints:
             ) from failure
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
-            if final.exists():
-                shutil.rmtree(final)
+            remove_path(final)
             partial.rename(final)  # complete, or not there at all
             _fsync(self.folder)
             for old in self.all()[: -self.keep]:
-                shutil.rmtree(old)
+                remove_path(old)
         accelerator.wait_for_everyone()
         return final
 
     def read_progress(self, checkpoint: Path) -> dict:
-        """The checkpoint's progress.json (before anything else is loaded: the run's arguments and signature)."""
+        """The checkpoint's progress.json (before anything else is loaded: the run's arguments and signature), each
+        field checked (`check_progress`), after the folder's files (`check_plain_files`)."""
+        check_plain_files(checkpoint)
         path = checkpoint / PROGRESS_FILE
         if not path.is_file():
             if any((checkpoint / name).exists() for name in LEGACY_PICKLES):
@@ -310,14 +342,17 @@ class Checkpoints:
                                   "checkpoint of these scripts); delete this folder to resume from the previous "
                                   "checkpoint, or start a new --output_dir")
         try:
+            if path.stat().st_size > MAX_PROGRESS_BYTES:
+                raise ValueError(f"{path.stat().st_size:,} bytes, where a progress record takes a few kB")
             record = json.loads(path.read_text(encoding="utf-8"))
             if not isinstance(record, dict) or not {"global_step", "epoch", "signature", "arguments"} <= record.keys():
                 raise ValueError("not a progress record")
-        except (ValueError, UnicodeDecodeError) as error:
+        except (ValueError, UnicodeDecodeError, RecursionError) as error:
             raise CheckpointError(
                 f"cannot resume from {checkpoint}: {PROGRESS_FILE} is corrupt ({error}); delete this folder to resume "
                 "from the previous checkpoint, or start a new --output_dir"
             ) from None
+        check_progress(checkpoint, record)
         return record
 
     def load(self, accelerator: Accelerator, checkpoint: Path, model, optimizer, scheduler,
@@ -334,14 +369,25 @@ class Checkpoints:
         check_signature(checkpoint, record["signature"], progress.signature)
         try:
             rng_state = load_state_file(rng_file)  # first: an unreadable RNG state must not pass unnoticed
-            if is_sharded(accelerator.unwrap_model(model)):
+            check_rng_state(rng_state, rng_file.name)
+            check_finite_weights(checkpoint / "model.safetensors")
+            if is_sharded(accelerator.unwrap_model(model)):  # torch's set_optimizer_state_dict checks the state
                 _load_sharded(accelerator.unwrap_model(model), optimizer, checkpoint)
             else:
                 safetensors.torch.load_model(accelerator.unwrap_model(model), str(checkpoint / "model.safetensors"))
-                optimizer.load_state_dict(load_state_file(checkpoint / "optimizer.safetensors"))
-            scheduler.load_state_dict(load_state_file(checkpoint / "scheduler.safetensors"))
+                optimizer_state = load_state_file(checkpoint / "optimizer.safetensors")
+                check_optimizer_state(optimizer_state, optimizer, record["global_step"])
+                optimizer.load_state_dict(optimizer_state)
+            scheduler_state = load_state_file(checkpoint / "scheduler.safetensors")
+            check_state_like(scheduler_state, scheduler.state_dict(), "scheduler.safetensors")
+            if not 0 <= scheduler_state.get("last_epoch", 0) <= record["global_step"]:
+                raise ValueError(f"scheduler.safetensors: last_epoch {scheduler_state['last_epoch']} is not within the "
+                                 f"checkpoint's {record['global_step']} steps")
+            scheduler.load_state_dict(scheduler_state)
             if accelerator.scaler is not None:
-                accelerator.scaler.load_state_dict(load_state_file(checkpoint / "scaler.safetensors"))
+                scaler_state = load_state_file(checkpoint / "scaler.safetensors")
+                check_state_like(scaler_state, accelerator.scaler.state_dict(), "scaler.safetensors")
+                accelerator.scaler.load_state_dict(scaler_state)
             _set_rng_state(rng_state)
         except Exception as error:  # any failure to read or fit the state
             raise CheckpointError(

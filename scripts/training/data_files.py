@@ -24,7 +24,7 @@ from typing import NamedTuple
 
 import datasets
 
-from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError, DataWarning
+from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError, DataWarning, hub_unreachable
 
 TABLE_TYPES = (".tsv", ".csv", ".json", ".jsonl")
 READER_VERSION = "2"  # bump when a reader here changes what it yields: datasets' cached copies are then not reused
@@ -37,7 +37,7 @@ def text_lines(path: str | Path) -> Iterator[str]:
     corrupt .gz: a `DataError` naming the file and the line."""
     path = Path(path)
     if not path.is_file():
-        raise DataFileNotFoundError(f"{path}: no such file" + (" (it is a folder)" if path.is_dir() else ""))
+        raise DataFileNotFoundError(f"{path}: " + ("it is a folder, not a file" if path.is_dir() else "no such file"))
     number = 0
     try:
         with gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb") as handle:
@@ -268,11 +268,18 @@ def hub_splits(name: str, config: str | None) -> dict[str, datasets.Dataset]:
 
 def load_hub_split(name: str, config: str | None, split: str | None = None):
     """`datasets.load_dataset(name, config, split=split)` (every split, a DatasetDict, when `split` is None), its
-    failures (no such dataset, split or configuration, no network) as a `DataError` naming what was asked for."""
+    failures (no such dataset, split or configuration; the Hub out of reach, named as such) as a `DataError` naming
+    what was asked for."""
     try:
         return datasets.load_dataset(name, config, **({"split": split} if split is not None else {}))
-    except (FileNotFoundError, ValueError, ConnectionError) as error:  # DatasetNotFoundError is a FileNotFoundError
+    except Exception as error:  # DatasetNotFoundError is a FileNotFoundError; httpx's errors are no OSError
+        asked = (f"--dataset_name {name}{f' ({config})' if config else ''}"
+                 + (f", split {split!r}" if split is not None else ""))
+        unreachable = hub_unreachable(error)
+        if unreachable:
+            raise DataError(f"{asked}: {unreachable}: check the network or HF_HUB_OFFLINE (offline, only datasets "
+                            "already in the cache load), or give local files") from None
+        if not isinstance(error, (FileNotFoundError, ValueError, ConnectionError)):
+            raise
         first_line = (str(error).strip().splitlines() or [""])[0]
-        raise DataError(f"--dataset_name {name}{f' ({config})' if config else ''}"
-                        + (f", split {split!r}" if split is not None else "")
-                        + f": cannot load it ({type(error).__name__}: {first_line})") from None
+        raise DataError(f"{asked}: cannot load it ({type(error).__name__}: {first_line})") from None

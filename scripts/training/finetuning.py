@@ -5,9 +5,9 @@ finetune_token_classification): what differs between them is their data and thei
   a command subclasses it with its columns. `read_splits`: the splits given, each read by the command's reader.
 - `prepare_run`: before any data is read, the model folder (`check_model_folder`, --max_seq_length against its
   positions), the precision (bf16 on a CPU without it falls back to fp32, with a warning), and the output folder:
-  never the model folder; new or empty; with --resume a run of the same command with the same arguments, but for
-  those that do not change the trained weights (`CHANGEABLE`: the deny-list comparison of the training loop,
-  `run_folder.check_resumed_arguments`), and a complete checkpoint.
+  held by this run alone (`run_lock`); never the model folder; new or empty; with --resume a run of the same
+  command with the same arguments, but for those that do not change the trained weights (`CHANGEABLE`: the
+  deny-list comparison of the training loop, `run_folder.check_resumed_arguments`), and a complete checkpoint.
 - `load_model_and_tokenizer`: our vanilla_bert or a Hugging Face BERT (converted on the fly) with a sequence or
   token classification head; `from_scratch`: the same architecture and tokenizer, random weights.
 - `record_run`: the run's arguments, the SHA-256 of its training data and its classes, written when it starts
@@ -17,6 +17,7 @@ The Trainer side (optimizer, schedule, callbacks, training, saving) is `finetuni
 """
 
 import argparse
+import contextlib
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our models with the Auto classes)
 from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
+from vanilla_transformer.scripts.training import run_lock
 from vanilla_transformer.scripts.training.data_files import file_sha256, hub_splits
 from vanilla_transformer.scripts.training.errors import ArgumentError, CheckpointError
 from vanilla_transformer.scripts.training.model_folders import (
@@ -177,9 +179,9 @@ def parse_arguments(arguments_class: type, description: str, argv: list[str] | N
 # ----------------------------------------------------------------------------------- before any data is read
 
 
-def prepare_run(args: FinetuneArguments, command: str) -> tuple[ModelFolder, Path | None]:
+def prepare_run(args: FinetuneArguments, command: str) -> Path | None:
     """Every check that needs no data: precision, the model folder, --max_seq_length, --output_dir. Returns the
-    model folder and the checkpoint to resume from (None: a new run)."""
+    checkpoint to resume from (None: a new run)."""
     settle_precision(args)
     folder = check_model_folder(args.model_name_or_path, "--model_name_or_path", model_types=("bert", "vanilla_bert"),
                                 need_weights=not args.from_scratch, wanted="a BERT or vanilla_bert model folder")
@@ -188,7 +190,7 @@ def prepare_run(args: FinetuneArguments, command: str) -> tuple[ModelFolder, Pat
         raise ArgumentError(f"--max_seq_length {args.max_seq_length} is longer than the model's "
                             f"max_position_embeddings {max_positions} ({args.model_name_or_path}); use at most "
                             f"{max_positions}")
-    return folder, prepare_output_dir(args, folder, command)
+    return prepare_output_dir(args, folder, command)
 
 
 def settle_precision(args: FinetuneArguments) -> None:
@@ -204,9 +206,18 @@ def settle_precision(args: FinetuneArguments) -> None:
 
 
 def checkpoints(output_dir: Path) -> list[Path]:
-    """Trainer's checkpoint-N folders, oldest first."""
-    found = [p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()
-             and p.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-").isdigit()]
+    """Trainer's checkpoint-N folders, oldest first; one that is a symbolic link is refused (a run reads and deletes
+    its checkpoints, never through a link)."""
+    found = []
+    for path in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*"):
+        number = path.name.removeprefix(f"{PREFIX_CHECKPOINT_DIR}-")
+        if number.isascii() and number.isdigit():
+            if path.is_symlink():
+                raise CheckpointError(f"{path} is a symbolic link (to {os.readlink(path)}): a run reads and deletes "
+                                      "its checkpoints, never through a link. Replace it by a copy of the folder it "
+                                      "points to (cp -rL), or delete it, then run again")
+            if path.is_dir():
+                found.append(path)
     return sorted(found, key=lambda p: int(p.name.rsplit("-", 1)[1]))
 
 
@@ -218,21 +229,44 @@ def latest_complete_checkpoint(output_dir: Path) -> Path | None:
         missing = [name for name in needed if not (checkpoint / name).is_file()]
         if not missing:
             try:
-                json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
-                return checkpoint
+                step = json.loads((checkpoint / "trainer_state.json").read_text())["global_step"]
             except (ValueError, KeyError, TypeError):
                 missing = ["readable trainer_state.json"]
+            else:  # Trainer names the folder after its step: a step that is not it was changed
+                if type(step) is not int or str(step) != checkpoint.name.rsplit("-", 1)[1]:
+                    raise CheckpointError(
+                        f"--resume: {checkpoint / 'trainer_state.json'}, field 'global_step': {step!r}, where the "
+                        f"checkpoint's name says {checkpoint.name.rsplit('-', 1)[1]}. The file was changed or is "
+                        "damaged: delete this checkpoint to resume from the one before it, or start a new --output_dir"
+                    )
+                return checkpoint
         logger.warning("%s is incomplete (no %s: a save cut short): resuming from an earlier checkpoint", checkpoint,
                        ", ".join(missing))
     return None
 
 
 def prepare_output_dir(args: FinetuneArguments, model: ModelFolder, command: str) -> Path | None:
-    """Check --output_dir before any work: never the model folder; new or empty, or a run of this command that
-    stopped before its first checkpoint; with --resume, a run of this command with the same arguments (but the
-    CHANGEABLE ones) and a checkpoint. Returns the checkpoint to resume from."""
+    """Check --output_dir before any work, holding it for this run (`run_lock`, taken by the main process: released
+    by `finetuning_trainer.save_run` or when the command ends): never the model folder; new or empty, or a run of
+    this command that stopped before its first checkpoint; with --resume, a run of this command with the same
+    arguments (but the CHANGEABLE ones) and a checkpoint. Returns the checkpoint to resume from."""
     output_dir = Path(args.output_dir).expanduser()
     check_not_the_model_folder(output_dir, model, "--output_dir")
+    made = not output_dir.exists()
+    check_writable_dir(output_dir, "--output_dir")  # the lock lives in it
+    if int(os.environ.get("RANK", "0")) == 0:  # the main process (accelerate launch sets RANK for each process)
+        run_lock.acquire(output_dir)
+    try:
+        return _check_output_dir(args, output_dir, command)
+    except BaseException:
+        run_lock.release(output_dir)
+        if made:  # refused: no empty folder left behind
+            with contextlib.suppress(OSError):
+                output_dir.rmdir()
+        raise
+
+
+def _check_output_dir(args: FinetuneArguments, output_dir: Path, command: str) -> Path | None:
     run_file = output_dir / RUN_FILE
     finished = output_dir / "results.json"
     if args.resume:
@@ -252,9 +286,9 @@ def prepare_output_dir(args: FinetuneArguments, model: ModelFolder, command: str
             raise CheckpointError(f"--resume: the run in {output_dir} stopped before its first checkpoint (one every "
                                   f"--save_steps {args.save_steps} steps); start it again without --resume")
         return checkpoint
-    if output_dir.is_dir() and any(output_dir.iterdir()):
+    shown = sorted(p.name for p in output_dir.iterdir() if p.name != run_lock.LOCK_FILE)
+    if shown:
         if not run_file.is_file():
-            shown = sorted(p.name for p in output_dir.iterdir())
             what = "a model (config.json)" if "config.json" in shown else (
                 f"other files ({', '.join(shown[:5])}{', ...' if len(shown) > 5 else ''})")
             raise CheckpointError(f"--output_dir {output_dir} is not empty: it holds {what} and is not a run of this "
@@ -266,7 +300,6 @@ def prepare_output_dir(args: FinetuneArguments, model: ModelFolder, command: str
             raise CheckpointError(f"--output_dir {output_dir} holds a finished fine-tuning run, which this run would "
                                   "overwrite: choose a new folder (or delete it)")
         logger.info("%s: a run that stopped before its first checkpoint; starting again", output_dir)
-    check_writable_dir(output_dir, "--output_dir")
     return None
 
 

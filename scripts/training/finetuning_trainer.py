@@ -2,12 +2,14 @@
 and schedule (`optimization.make_optimizer`, `optimization.make_schedule`), length-grouped epochs that a resumed run
 replays, and checkpoints without a pickle; `train` adds Ctrl-C/SIGTERM (save and stop) and divergence (stop, save
 nothing); `save_run` writes the Hub-ready folder from the whole weights (`run_folder.whole_weights`, every process)
-and results.json, then removes the checkpoints; `exit_status` is a command's `main`.
+and results.json, atomically, then removes the checkpoints; `exit_status` is a command's `main`, which releases the
+run folder (`run_lock`) however the run ends.
 """
 
 import json
 import logging
 import math
+import os
 import shutil
 from pathlib import Path
 
@@ -17,11 +19,19 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer_pt_utils import get_length_grouped_indices
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
+from vanilla_transformer.scripts.training import run_lock
+from vanilla_transformer.scripts.training.checkpoints import _fsync, remove_path
 from vanilla_transformer.scripts.training.errors import CheckpointError, TrainingError, errors_without_traceback
 from vanilla_transformer.scripts.training.finetuning import FinetuneArguments, checkpoints
 from vanilla_transformer.scripts.training.engine import StopSignals, describe_engine
 from vanilla_transformer.scripts.training.optimization import make_optimizer, make_schedule
-from vanilla_transformer.scripts.training.run_folder import save_whole_for_hub, whole_weights
+from vanilla_transformer.scripts.training.run_folder import (
+    PARTIAL,
+    fill_partial,
+    save_whole_for_hub,
+    signals_held,
+    whole_weights,
+)
 
 logger = logging.getLogger("finetuning")
 
@@ -36,6 +46,10 @@ class StopOnSignal(TrainerCallback):
         if self.signals.received is not None:
             control.should_save = True
             control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.signals.received is not None:  # the epoch was cut short: no validation pass before stopping
+            control.should_evaluate = False
 
 
 class StopOnDivergence(TrainerCallback):
@@ -183,6 +197,10 @@ def train(trainer: Trainer, args: FinetuneArguments, resume_from: Path | None) -
                                       f"{error}); if it is damaged, delete it to resume from the checkpoint "
                                       "before it") from error
             raise
+    if resumed_at is not None and resumed_at > trainer.state.max_steps:  # Trainer believed it and trained nothing
+        raise CheckpointError(f"--resume: {resume_from / 'trainer_state.json'}, field 'global_step': {resumed_at}, "
+                              f"past this run's {trainer.state.max_steps} steps. The file was changed or is damaged: "
+                              "delete this checkpoint to resume from the one before it, or start a new --output_dir")
     if divergence.diverged is None and not all(torch.isfinite(p).all() for p in trainer.model.parameters()):
         divergence.diverged = (trainer.state.global_step, "the weights hold NaN or inf")
     if divergence.diverged is not None:
@@ -193,6 +211,7 @@ def train(trainer: Trainer, args: FinetuneArguments, resume_from: Path | None) -
     if trainer.state.global_step < trainer.state.max_steps:
         logger.warning("interrupted at step %d of %d: checkpoint saved in %s; continue with the same command plus "
                        "--resume", trainer.state.global_step, trainer.state.max_steps, args.output_dir)
+        run_lock.release(Path(args.output_dir).expanduser())
         return {"interrupted_at_step": trainer.state.global_step}
     logger.info("trained: %s", trained.metrics)
     return {"train": trained.metrics}
@@ -206,23 +225,50 @@ def check_finite_scores(results: dict, source: str) -> None:
 
 def save_run(trainer: Trainer, tokenizer, results: dict) -> dict:
     """The Hub-ready model and results.json in --output_dir; the checkpoints are then removed (the run is
-    complete). Every process calls it: under FSDP2 or DeepSpeed ZeRO-3 they gather the whole weights together;
-    the main one writes."""
+    complete) and the folder released (`run_lock`). Every process calls it: under FSDP2 or DeepSpeed ZeRO-3 they
+    gather the whole weights together; the main one writes, atomically: the files into a hidden folder, synced
+    (`run_folder.fill_partial`), then moved into --output_dir with Ctrl-C held back, results.json (which marks the
+    run finished) last. Ctrl-C while they are written keeps nothing of them, says how to write them (--resume), and
+    returns {"interrupted_at_step": step}."""
     output_dir = Path(trainer.args.output_dir)
-    weights = whole_weights(trainer.accelerator, trainer.model_wrapped)
-    if trainer.is_world_process_zero():
-        save_whole_for_hub(trainer.accelerator.unwrap_model(trainer.model), output_dir, tokenizer, weights)
-        (output_dir / "results.json").write_text(json.dumps(results, indent=2, default=str))
-        for checkpoint in checkpoints(output_dir):
-            shutil.rmtree(checkpoint)
-        logger.info("saved to %s", output_dir)
+    latest = (checkpoints(output_dir) or [output_dir])[-1]
+    try:
+        weights = whole_weights(trainer.accelerator, trainer.model_wrapped)
+        if trainer.is_world_process_zero():
+            def write(folder: Path) -> None:
+                save_whole_for_hub(trainer.accelerator.unwrap_model(trainer.model), folder, tokenizer, weights)
+                (folder / "results.json").write_text(json.dumps(results, indent=2, default=str))
+
+            partial = output_dir / f"{PARTIAL}model"
+            try:
+                fill_partial(partial, write)
+            except Exception as error:
+                raise CheckpointError(f"could not write the fine-tuned model into {output_dir} ({type(error).__name__}: "
+                                      f"{error}). Is the disk full? Nothing of it was kept; the trained weights are in "
+                                      f"{latest}: free some space, then run the same command with --resume") from error
+            with signals_held():
+                for path in sorted(partial.iterdir(), key=lambda path: path.name == "results.json"):
+                    os.replace(path, output_dir / path.name)
+                _fsync(output_dir)
+            partial.rmdir()
+            for checkpoint in checkpoints(output_dir):
+                remove_path(checkpoint)
+            logger.info("saved to %s", output_dir)
+    except KeyboardInterrupt:
+        logger.warning("interrupted while writing the fine-tuned model: nothing of it was kept in %s; the trained "
+                       "weights are in %s: run the same command with --resume to write it", output_dir, latest)
+        results = {"interrupted_at_step": trainer.state.global_step}
     trainer.accelerator.wait_for_everyone()
+    run_lock.release(output_dir)
     return results
 
 
 def exit_status(run, argv: list[str] | None) -> int:
     """A command's `main`: `run(argv)`, its refusals printed as one message without a traceback (status 1); 130
     when Ctrl-C or SIGTERM stopped the run (a checkpoint saved), else 0."""
-    with errors_without_traceback():
-        outcome = run(argv)
+    try:
+        with errors_without_traceback():
+            outcome = run(argv)
+    finally:  # however the run ended: its folder is free again (finetuning.prepare_output_dir took it)
+        run_lock.release_all()
     return 130 if "interrupted_at_step" in outcome else 0

@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from vanilla_transformer.scripts.training.batching import steps_for_process
+from vanilla_transformer.scripts.training.checkpoint_checks import check_position
 from vanilla_transformer.scripts.training.checkpoints import Checkpoints, TrainingProgress
 from vanilla_transformer.scripts.training.errors import (
     ArgumentError,
@@ -162,7 +163,8 @@ class TrainingTask:
     """What a script brings to `train()`.
 
     epoch_batches(epoch): all micro-batches of that epoch (lists of indices into `dataset`), the same on every
-        process, in training order; a deterministic function of the epoch (resuming re-creates it).
+        process, in training order; a deterministic function of the epoch (resuming re-creates it), as many in every
+        epoch (a resumed run checks its checkpoint's position against that count: `check_position`).
     collate(examples): a list of `dataset` items -> a dict of tensors.
     loss(model, batch, num_items_in_batch): the summed loss of the batch divided by `num_items_in_batch`, the
         item count of the whole global step (e.g. `model(**batch, num_items_in_batch=n).loss`).
@@ -221,6 +223,8 @@ def train(
         latest = checkpoints.all()[-1]
         arguments_now = progress.arguments
         checkpoints.load(accelerator, latest, model, optimizer, scheduler, progress)
+        # before anything of the run folder changes (final/ set aside below): the position must be one of the data's
+        check_position(latest, progress, len(_epoch_steps(accelerator, task, args, progress.epoch)))
         progress.arguments = arguments_now  # the changeable ones as this run has them (the others are the same)
         accelerator.print(f"resumed from {latest}: epoch {progress.epoch}, step {progress.global_step}")
         log.start(resumed_at_step=progress.global_step)
@@ -252,9 +256,8 @@ def train(
         if stop_reason is None and args.resume:
             _set_aside_final(accelerator, Path(args.output_dir), progress.global_step)
         while stop_reason is None:
-            batches = task.epoch_batches(progress.epoch)
-            steps = steps_for_process(batches, accelerator.num_processes, accelerator.process_index,
-                                      args.gradient_accumulation_steps)
+            steps = _epoch_steps(accelerator, task, args, progress.epoch)
+            # the steps already done are skipped by index: no work per skipped step (check_position bounds it)
             remaining = [micro for step in steps[progress.step_in_epoch :] for micro in step]
             # A generator of its own: creating the loader's iterator would otherwise draw from the global RNG
             # (dropout's), which a resumed run does at another point than the run it continues.
@@ -310,6 +313,12 @@ def train(
             last_eval.update(step=progress.global_step, metrics=_evaluate(accelerator, model, task, progress, log))
     return TrainOutcome(progress.global_step, progress.epoch, progress.train_seconds, completed, stop_reason,
                         checkpoints.all()[-1], last_eval.get("metrics", {}) if completed else {})
+
+
+def _epoch_steps(accelerator, task, args, epoch: int) -> list[list[list[int]]]:
+    """This process's optimizer steps of `epoch` (each a list of micro-batches)."""
+    return steps_for_process(task.epoch_batches(epoch), accelerator.num_processes, accelerator.process_index,
+                             args.gradient_accumulation_steps)
 
 
 def _set_aside_final(accelerator, output_dir: Path, step: int) -> None:

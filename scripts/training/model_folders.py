@@ -6,8 +6,10 @@ expensive work (reading data, loading weights, training, translating), with mess
   transformers. A folder that is not a model folder says which of its subfolders is ("did you mean .../final?").
 - `check_finite_weights`, `check_tokenizer_fits`: a loaded model with NaN/inf weights (a diverged run), or a tokenizer
   with more tokens than the model's vocabulary, is refused instead of giving garbage or an index error in torch.
-- `check_writable_dir`, `check_writable_file`, `check_not_the_model_folder`: an output that cannot be written, or
-  that would replace the model a script reads, is refused before the work, not after it.
+- `check_tokenizer_folder`: a folder a tokenizer loads from holds its vocabulary, not only tokenizer_config.json.
+- `check_writable_dir`, `check_writable_file`, `check_not_the_model_folder`: an output that cannot be written (a
+  symbolic link to nothing among them), or that would replace the model a script reads, is refused before the work,
+  not after it.
 """
 
 import json
@@ -18,12 +20,19 @@ from pathlib import Path
 
 import torch
 
-from vanilla_transformer.scripts.training.errors import ArgumentError
+from vanilla_transformer.scripts.training.errors import ArgumentError, hub_unreachable
 
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                 "pytorch_model.bin.index.json")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model",
                    "sentencepiece.bpe.model")
+# A tokenizer's vocabulary: without one, tokenizer_config.json is settings only, and transformers fails ("need
+# sentencepiece or tiktoken") or, for a BertTokenizer, makes one of 5 tokens that turns every word into [UNK].
+VOCABULARY_FILES = ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+                    "tokenizer.model", "source.spm", "merges.txt")
+VOCABULARY_FREE = ("ByT5Tokenizer", "CanineTokenizer")  # bytes or characters: the settings are the whole tokenizer
+SAVE_TOKENIZER = ("save the tokenizer beside the model (tokenizer.save_pretrained(folder)); the scripts' final "
+                  "folders hold both")
 
 
 class ModelFolderError(ArgumentError):
@@ -85,12 +94,34 @@ def check_model_folder(
     if folder.path is not None:
         if need_weights:
             _check_weights(folder.path, option)
-        if need_tokenizer and not any((folder.path / file).is_file() for file in TOKENIZER_FILES):
-            raise ModelFolderError(
-                f"{option} {name} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:3])}): save it beside the "
-                "model (tokenizer.save_pretrained(folder)); the scripts' final folders hold both"
-            )
+        if need_tokenizer:
+            check_tokenizer_folder(folder.path, option)
     return folder
+
+
+def check_tokenizer_folder(name: str | Path | None, option: str, fix: str = SAVE_TOKENIZER) -> None:
+    """A tokenizer to be loaded from `name` (None: none given; a Hub id is not checked here): a local folder that
+    holds its vocabulary (tokenizer.json, vocab.txt, ...), not only its settings (tokenizer_config.json); `fix` says
+    what to do instead."""
+    if name is None:
+        return
+    folder = Path(name).expanduser()
+    if not folder.is_dir():
+        if os.sep in str(name) or str(name).startswith((".", "~")):  # a path, not a Hub id
+            raise ModelFolderError(f"{option} {name}: no such folder")
+        return
+    if any((folder / file).is_file() for file in VOCABULARY_FILES):
+        return
+    settings_file = folder / "tokenizer_config.json"
+    if settings_file.is_file():
+        settings = _read_json(settings_file, "the folder is damaged: save the tokenizer again")
+        if isinstance(settings, dict) and settings.get("tokenizer_class") in VOCABULARY_FREE:
+            return
+    raise ModelFolderError(
+        f"{option} {folder} has no tokenizer files (none of {', '.join(VOCABULARY_FILES[:4])}"
+        + ("; its tokenizer_config.json holds the settings, not the vocabulary" if settings_file.is_file() else "")
+        + f"): {fix}"
+    )
 
 
 def _local_config(folder: Path, option: str, wanted: str) -> dict:
@@ -137,9 +168,15 @@ def _hub_config(name: str, option: str, wanted: str) -> dict:
         offline = " (HF_HUB_OFFLINE is set: only models already in the cache load)" if os.environ.get(
             "HF_HUB_OFFLINE", "").strip() not in ("", "0") else ""
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        unreachable = hub_unreachable(error)
+        why = f"{type(error).__name__}: {first_line}"
+        if unreachable:
+            why = ("it is not in the cache: unset HF_HUB_OFFLINE to download it from the Hugging Face Hub over the "
+                   "network, or give a local folder" if offline else
+                   f"{unreachable}: check the network, or give a local folder")
         raise ModelFolderError(
             f"{option} {name}: no such local folder (from {Path.cwd()}), and not loadable as a Hub model id"
-            f"{offline}: {type(error).__name__}: {first_line}"
+            f"{offline}: {why}"
         ) from None
     config = _read_json(Path(config_file), f"the config.json of the Hub model {name} is damaged")
     if not isinstance(config, dict):
@@ -234,6 +271,7 @@ def check_writable_dir(path: str | Path, option: str) -> Path:
     """Create `path` (and its parents) and write a probe file in it: a folder that cannot be written fails here,
     before the work, not at the end."""
     path = Path(path).expanduser()
+    check_no_dangling_link(path, option)
     if path.exists() and not path.is_dir():
         raise ModelFolderError(f"{option} {path} is a file, not a folder")
     try:
@@ -248,6 +286,7 @@ def check_writable_dir(path: str | Path, option: str) -> Path:
 def check_writable_file(path: str | Path, option: str) -> Path:
     """`path` can be written (its folder is created if needed); an existing file there is not touched."""
     path = Path(path).expanduser()
+    check_no_dangling_link(path, option)
     if path.is_dir():
         raise ModelFolderError(f"{option} {path} is a folder; name a file in it, e.g. {path / 'scores.json'}")
     ancestor = path.parent
@@ -257,6 +296,17 @@ def check_writable_file(path: str | Path, option: str) -> Path:
         raise ModelFolderError(f"{option} {path}: {ancestor} is a file, so no folder can be made there")
     check_writable_dir(path.parent, option)
     return path
+
+
+def check_no_dangling_link(path: str | Path, option: str) -> None:
+    """Refuse an output path that is, or lies under, a symbolic link to nothing: making the folder fails there
+    ("File exists"), and writing through it would write wherever the link points."""
+    path = Path(path).expanduser()
+    for link in (path, *path.parents):
+        if link.is_symlink() and not link.exists():
+            where = f"{option} {path}" + (f": {link}" if link != path else "")
+            raise ModelFolderError(f"{where} is a symbolic link to {os.readlink(link)}, which does not exist: create "
+                                   f"what it points to, or give another {option}")
 
 
 def check_not_a_model_file(path: str | Path, model: ModelFolder, option: str) -> None:

@@ -27,6 +27,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from transformers import AutoTokenizer
 
+from vanilla_transformer.scripts.training import run_lock
 from vanilla_transformer.scripts.training.engine import end_run, make_accelerator, prepare_for_training
 from vanilla_transformer.scripts.training.errors import ArgumentError, CheckpointError
 from vanilla_transformer.scripts.training.logs import plot_log
@@ -89,6 +90,13 @@ class Recipe:
 
 
 def run(recipe: Recipe, loop: LoopArguments) -> TrainOutcome:
+    try:
+        return _run(recipe, loop)
+    finally:  # however the run ends: the run folder is free again (prepare_output_dir took it: run_lock)
+        run_lock.release(loop.output_dir)
+
+
+def _run(recipe: Recipe, loop: LoopArguments) -> TrainOutcome:
     accelerator = make_accelerator(loop)
     set_seed(loop.seed)
     recipe.check()
@@ -119,7 +127,9 @@ def run(recipe: Recipe, loop: LoopArguments) -> TrainOutcome:
         # every process: the weights of a sharded model are gathered together
         final = save_final(accelerator, model, recipe.tokenizer, context.output_dir, arguments, outcome.checkpoint,
                            extra=extra)
-        if accelerator.is_main_process:
+        if final is None:  # Ctrl-C while final/ was written: nothing of it kept, save_final said how to write it
+            outcome.completed, outcome.stop_reason = False, "interrupted"
+        elif accelerator.is_main_process:
             plot_log(context.output_dir / "log.jsonl", context.output_dir / "training_curves.png")
             accelerator.print(recipe.summary(context, outcome, final)
                               + f"; curves in {context.output_dir / 'training_curves.png'}")

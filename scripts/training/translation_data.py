@@ -97,7 +97,7 @@ def split_files(split: str, corpus: CorpusArguments) -> list[Path]:
     if split.removesuffix(".gz").endswith((".tsv", ".jsonl", ".json")):
         if not Path(split).is_file():
             raise DataFileNotFoundError(
-                f"{split}: no such file" + (" (it is a folder)" if Path(split).is_dir() else "")
+                f"{split}: " + ("it is a folder, not a file" if Path(split).is_dir() else "no such file")
                 + "; a split is a .tsv or .jsonl file, a prefix of one file per language, or a split name with "
                 "--dataset_name"
             )
@@ -106,6 +106,15 @@ def split_files(split: str, corpus: CorpusArguments) -> list[Path]:
     for lang in (corpus.source_lang, corpus.target_lang):
         candidates = [Path(f"{split}.{lang}"), Path(f"{split}.{lang}.gz")]
         found = next((path for path in candidates if path.is_file()), None)
+        folder = next((path for path in candidates if path.is_dir()), None)
+        if found is None and folder is not None:
+            inside = sorted(path.name for path in folder.iterdir())
+            holds = f"it holds {', '.join(inside[:3])}{', ...' if inside[3:] else ''}" if inside else "empty"
+            raise DataFileNotFoundError(
+                f"{folder} is a folder ({holds}), not a file of sentences: a split is a prefix of one file per "
+                f"language ({split}.{corpus.source_lang}, {split}.{corpus.target_lang}, .gz accepted), one sentence "
+                "per line"
+            )
         if found is None:
             raise DataFileNotFoundError(
                 f"no {candidates[0]} or {candidates[1]}: a split is a prefix of one file per language "

@@ -21,13 +21,8 @@ from transformers import DataCollatorForLanguageModeling
 from vanilla_transformer.scripts.training.batching import token_batches
 from vanilla_transformer.scripts.training.embedded_corpora import embedded_dataset, is_embedded
 from vanilla_transformer.scripts.training.errors import DataError, DataFileNotFoundError
-from vanilla_transformer.scripts.training.translation_data import (
-    READER_VERSION,
-    load_dataset_split,
-    map_processes,
-    numpy_columns,
-    text_lines,
-)
+from vanilla_transformer.scripts.training.data_files import cached_dataset, load_hub_split, text_lines
+from vanilla_transformer.scripts.training.translation_data import map_processes, numpy_columns
 from vanilla_transformer.tokenization import WholeWordMaskCollator
 
 BLOCKS_VERSION = "1"  # bump when tokenize_blocks changes what it writes: old caches are then not reused
@@ -38,7 +33,7 @@ def load_texts(args) -> datasets.DatasetDict:
     blank, not UTF-8 or a broken .gz, or a dataset column that is not text: a `DataError` naming it."""
     if args.dataset_name:
         splits = {"train": args.train_split, "validation": args.validation_split}
-        data = datasets.DatasetDict({ours: load_dataset_split(args.dataset_name, args.dataset_config_name, theirs)
+        data = datasets.DatasetDict({ours: load_hub_split(args.dataset_name, args.dataset_config_name, theirs)
                                      for ours, theirs in splits.items()})
         for split, table in data.items():
             where = f"{args.dataset_name} ({splits[split]})"
@@ -67,24 +62,15 @@ def load_texts(args) -> datasets.DatasetDict:
 
 
 def _text_file(path: str) -> datasets.Dataset:
-    """An embedded corpus's split (`embedded_corpora`), or one row per line of a text file (.gz too), read with `translation_data.text_lines` (clear errors), cached by
-    `datasets` under the file's path, size and modification time."""
+    """An embedded corpus's split (`embedded_corpora`), or one row per line of a text file (.gz too), read by the one
+    reader (`data_files.text_lines`: errors name the file and line) and cached by `datasets` under the file's path,
+    size and modification time (`data_files.cached_dataset`)."""
     if is_embedded(path):
         return embedded_dataset(path)
     file = Path(path)
     if not file.is_file():
         raise DataFileNotFoundError(f"{path}: no such file" + (" (it is a folder)" if file.is_dir() else ""))
-    stamp = json.dumps([str(file.resolve()), file.stat().st_size, file.stat().st_mtime_ns, "text-lines",
-                        READER_VERSION])
-    try:
-        return datasets.Dataset.from_generator(
-            _lines, gen_kwargs={"path": path}, features=datasets.Features({"text": datasets.Value("string")}),
-            fingerprint=hashlib.sha256(stamp.encode()).hexdigest()[:32],
-        )
-    except datasets.exceptions.DatasetGenerationError as error:
-        if isinstance(error.__cause__, DataError):  # our own message, not datasets' generic one
-            raise error.__cause__ from None
-        raise
+    return cached_dataset(_lines, [file], datasets.Features({"text": datasets.Value("string")}), path=path)
 
 
 def _not_blank(batch: dict) -> list[bool]:

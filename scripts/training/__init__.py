@@ -1,14 +1,26 @@
-"""The training library behind the scripts, installed as `vanilla_transformer.scripts.training`:
+"""The library behind the commands, installed as `vanilla_transformer.scripts.training`, a module per concern:
 
-- `loop`: the one Accelerate training loop (`train`), its optimizer (`make_optimizer`) and learning-rate schedule
-  (`make_schedule`), used by every script that trains;
-- `batching`: an epoch's micro-batches (`token_batches`, `sized_batches`) and each process's share
-  (`steps_for_process`);
-- `checkpoints`: checkpoints as data, the output folder's checks, the final Hub-ready folder;
-- `precision`: CPU bf16 detection and the precision a run gets;
-- `logs`: log.jsonl and its plot;
-- `errors`: the refusals (`ArgumentError`, `DataError`, `CheckpointError`, `TrainingError`) and argument checks;
-- `translation_data`, `text_data`: the corpora (files, Hub datasets, the embedded defaults) and their tokenization;
-- `translation_eval`: batched beam search and sacreBLEU / chrF with the offline metric modules in `metrics/`;
-- `tokenizer_checks`, `model_folders`: checks of a tokenizer, a model folder and output paths before the work.
+The run
+- `run`: the one run of the commands that train on our loop (a command brings a `Recipe`): run folder, tokenizer and
+  data, model, training, final folder or early stop, report;
+- `finetuning`, `finetuning_trainer`: the same for the fine-tuning commands, on transformers' `Trainer`;
+- `run_folder`: the one output-folder and resume policy, the final Hub-ready folder (written atomically);
+  `run_lock`: one run per folder; `checkpoints`, `checkpoint_checks`: checkpoints as data, validated before use;
+- `loop`: the Accelerate training loop (`train`); `engine`: accelerator, precision, engines, signals;
+  `optimization`: optimizer and learning-rate schedules; `evaluation`: every process's share of an evaluation;
+  `batching`: an epoch's micro-batches; `precision`: CPU bf16 detection; `logs`: log.jsonl and its plot.
+
+Data
+- `data_files`: the one reader (text, TSV / CSV / JSON lines, CoNLL, .gz, Hub ids; errors name the file and line);
+- `translation_data`, `mlm_data` (+ `mlm_arguments`), `classification_data`, `token_data`: each task's data;
+- `embedded_corpora`: the corpora every installation has, as named data sources (`embedded:...`);
+- `tokenizer_checks`, `model_folders`: checks of a tokenizer and a model folder before the work.
+
+Scores
+- `translation_eval`: batched beam search, validation and sacreBLEU / chrF; the offline metric modules in `metrics/`
+  (sacrebleu, chrf, accuracy_f1, seqeval_f1).
+
+Refusals
+- `errors`: `ArgumentError`, `DataError`, `CheckpointError`, `TrainingError`, argument checks, and `run_command`:
+  a command's refusals as one `error:` line.
 """

@@ -152,7 +152,7 @@ def check_resumed_arguments(checkpoint: Path, recorded: dict, arguments: dict, c
         details = "; ".join(f"--{name}: checkpoint {recorded[name]!r}, now {now[name]!r}" for name in changed)
         raise CheckpointError(
             f"cannot resume from {checkpoint} with other settings ({details}): a resumed run goes on as it started "
-            "(training_args.json records what ran). Resume with the checkpoint's values, or start a new "
+            "(the run folder's arguments file records what ran). Resume with the checkpoint's values, or start a new "
             "--output_dir for the new ones"
         )
 

@@ -4,6 +4,9 @@ kept and how to go on; the Hugging Face Hub out of reach is named as such; a fol
 output path that is a symbolic link to nothing, a split prefix whose `.de` is a folder: one line naming it."""
 
 import importlib
+import os
+import signal
+import json
 import sys
 from pathlib import Path
 
@@ -33,7 +36,6 @@ REQUIRED = {
 # command -> the function of its module that does the work (a Ctrl-C raised there is one the user gives mid-run)
 WORK = {"publish": "publish", "export-ctranslate2": "export_ctranslate2"}
 # finetuning.parse_arguments (another engineer's file) still calls parse_args_into_dataclasses directly
-NOT_YET = pytest.mark.xfail(strict=True, reason="finetuning.parse_arguments must use errors.parse_arguments")
 
 
 def command_module(name: str):
@@ -66,8 +68,7 @@ def test_every_command_is_covered():
 # --------------------------------------------------------------------------------- a misspelled option
 
 
-@pytest.mark.parametrize("command", [pytest.param(c, marks=NOT_YET) if c.startswith("finetune") else c
-                                     for c in REQUIRED])
+@pytest.mark.parametrize("command", list(REQUIRED))
 def test_a_misspelled_option_is_the_usual_error_line(command, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", list(sys.argv))  # cli.main names the command in sys.argv[0], for argparse
     assert exit_status(cli.main, [command, *REQUIRED[command], "--nmu_beams", "4"]) == 2
@@ -114,6 +115,43 @@ def test_ctrl_c_while_tokenizing_says_nothing_is_kept_yet(tmp_path, translation_
     assert exit_status(train_translation.main, argv) == 130
     assert one_line(capsys) == (f"interrupted (Ctrl-C): no checkpoint in {tmp_path / 'run'} yet, nothing to resume: "
                                 "run the same command again")
+
+
+def sigint_ignored_in_a_forked_child() -> bool:
+    """Whether a process forked now ignores Ctrl-C (SIGINT), as datasets' tokenizing workers are forked."""
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child: report and leave at once
+        os.write(write, b"1" if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else b"0")
+        os._exit(0)
+    os.close(write)
+    answer = os.read(read, 1)
+    os.close(read)
+    os.waitpid(child, 0)
+    return answer == b"1"
+
+
+def test_ctrl_c_while_workers_tokenize_is_the_command_s_one_line(tmp_path, translation_corpus, translation_args,
+                                                                capsys, monkeypatch):
+    """A large corpus is tokenized by worker processes (datasets.map): on Ctrl-C each printed its traceback, and
+    datasets, failing to wait for them, raised a TimeoutError: exit status 1. The workers now leave Ctrl-C to the
+    command, and an error raised while cleaning up after Ctrl-C is that Ctrl-C."""
+    from vanilla_transformer.scripts import train_translation
+
+    ignored = []
+
+    def tokenize_in_workers(pairs, tokenizer):
+        ignored.append(sigint_ignored_in_a_forked_child())
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt:
+            raise TimeoutError from None  # datasets' pool, in its `finally`, fails to wait for its workers
+
+    monkeypatch.setattr(train_translation, "tokenize_pairs", tokenize_in_workers)
+    argv = translation_args(translation_corpus, tmp_path / "run", "--max_steps", "3")
+    assert exit_status(train_translation.main, argv) == 130
+    assert one_line(capsys).startswith("interrupted (Ctrl-C): no checkpoint in ")
+    assert ignored == [True] and not sigint_ignored_in_a_forked_child()  # only while a command runs
 
 
 def test_ctrl_c_before_a_resumed_run_trains_names_the_checkpoint_to_resume(tmp_path, translation_corpus,
@@ -386,3 +424,22 @@ def test_a_model_saved_without_a_beam_size_is_evaluated_greedily(tmp_path, tiny_
             str(tmp_path / "scores.json")]
     assert exit_status(evaluate_translation.main, argv) == 0
     assert '"num_beams": 1' in (tmp_path / "scores.json").read_text()
+
+
+def test_a_config_the_models_refuse_is_one_error_line(tmp_path, capsys):
+    """A model folder whose config.json asks for more than this machine has: the models' own refusal (ConfigError),
+    said as the commands' usual one line, not a traceback."""
+    from vanilla_transformer.modeling import VanillaTransformerConfig, VanillaTransformerForConditionalGeneration
+    from vanilla_transformer.tokenization import train_bpe_tokenizer
+
+    folder = tmp_path / "huge"
+    VanillaTransformerForConditionalGeneration(VanillaTransformerConfig(
+        vocab_size=50, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
+        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32)).save_pretrained(folder)
+    train_bpe_tokenizer(["ein Hund läuft", "a dog runs"] * 20, vocab_size=50).save_pretrained(folder)
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, "max_position_embeddings": 10**10}))
+    status = exit_status(cli.main, ["evaluate-translation", "--model_dir", str(folder), "--split", str(tmp_path / "t"),
+                                    "--output_file", str(tmp_path / "scores.json")])
+    line = one_line(capsys)
+    assert status == 1 and line.startswith("error:") and "max_position_embeddings" in line, line

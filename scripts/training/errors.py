@@ -11,10 +11,13 @@ argparse's usual `error:` line, exit status 2. `hub_unreachable` tells a network
 import contextlib
 import math
 import os
+import signal
 import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
+
+from vanilla_transformer.modeling.config_checks import ConfigError
 
 
 class DataError(ValueError):
@@ -46,7 +49,9 @@ class NetworkError(RuntimeError):
     """The Hugging Face Hub could not be reached, or refused a request; the message says what was kept."""
 
 
-REFUSALS = (ArgumentError, DataError, CheckpointError, TrainingError, NetworkError)
+# ConfigError: a model folder's config.json refused by the models themselves (a wrong type, a size beyond this machine,
+# another family's folder): a refusal of ours too, said in one line
+REFUSALS = (ArgumentError, DataError, CheckpointError, TrainingError, NetworkError, ConfigError)
 # What Ctrl-C leaves behind, one entry per errors_without_traceback being run (`when_interrupted` sets the innermost)
 _KEPT: list[Callable[[], str] | None] = []
 
@@ -63,7 +68,10 @@ def errors_without_traceback():
     except REFUSALS as error:
         print(f"error: {error}", file=sys.stderr)
         raise SystemExit(1) from None
-    except KeyboardInterrupt as interruption:
+    except BaseException as error:  # Ctrl-C, or an error raised while a library cleaned up after it
+        interruption = _ctrl_c_of(error)
+        if interruption is None:
+            raise
         kept = "nothing more was written; run the same command again"
         with contextlib.suppress(Exception):  # a second failure must not hide the interruption behind a traceback
             kept = _KEPT[-1]() if _KEPT[-1] is not None else kept
@@ -72,6 +80,30 @@ def errors_without_traceback():
         raise SystemExit(130) from None
     finally:
         _KEPT.pop()
+
+
+def _ctrl_c_of(error: BaseException) -> KeyboardInterrupt | None:
+    """The KeyboardInterrupt `error` is, or was raised while handling (datasets' pool, on Ctrl-C, fails to wait for
+    its workers: a TimeoutError)."""
+    seen = []
+    while error is not None and error not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return None
+
+
+def _leave_ctrl_c_to_the_command() -> None:
+    """In a process forked while a command runs (datasets' tokenizing workers, data loader workers), Ctrl-C is
+    ignored: the command stops them, with its one line, where each would print a traceback of its own."""
+    if _KEPT:
+        with contextlib.suppress(ValueError):  # forked from a thread other than the main one: no signal handlers
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_leave_ctrl_c_to_the_command)
 
 
 def when_interrupted(kept: Callable[[], str]) -> None:

@@ -43,6 +43,7 @@ from vanilla_transformer.modeling.convert_bert import convert_bert_to_vanilla
 from vanilla_transformer.scripts.training import run_lock
 from vanilla_transformer.scripts.training.data_files import file_sha256, hub_splits
 from vanilla_transformer.scripts.training.errors import ArgumentError, CheckpointError
+from vanilla_transformer.scripts.training.errors import parse_arguments as parse_options
 from vanilla_transformer.scripts.training.model_folders import (
     ModelFolder,
     check_finite_weights,
@@ -171,7 +172,7 @@ def read_splits(args: FinetuneArguments, from_file, from_hub) -> tuple[dict, str
 def parse_arguments(arguments_class: type, description: str, argv: list[str] | None):
     parser = HfArgumentParser(arguments_class, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_options(parser, argv)  # a misspelled option: the usual one-line error
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     return args
 

@@ -141,7 +141,8 @@ def test_every_command_is_installed_from_the_wheel_and_explains_itself(installed
 
 
 def test_tiny_translation_and_mlm_runs_and_a_model_card_through_the_installed_commands(
-        installed, write_translation_corpus, translation_args, write_mlm_corpus, mlm_args, tiny_model_args):
+        installed, write_translation_corpus, translation_args, write_mlm_corpus, mlm_args, tiny_model_args,
+        finetune_rows, finetune_args):
     work, bin_dir = installed["work"], installed["venv"] / "bin"
     translation = _run([str(bin_dir / "vanilla-transformer"), "train-translation",
                         *translation_args(write_translation_corpus(work / "parallel"), work / "translation",
@@ -161,3 +162,20 @@ def test_tiny_translation_and_mlm_runs_and_a_model_card_through_the_installed_co
                cwd=work, env=installed["env"])
     assert "training stopped at step 2" in mlm.stdout
     assert (work / "mlm" / "final" / "model.safetensors").is_file()
+
+    # the two fine-tuning commands, on the MLM's final folder, through the one command
+    (work / "rows.tsv").write_text("sentence\tlabel\n" + "".join(f"{text}\t{label}\n" for text, label in finetune_rows))
+    classified = _run([str(bin_dir / "vanilla-transformer"), "finetune-classification", "--model_name_or_path",
+                       str(work / "mlm" / "final"), *finetune_args(work / "classifier", train_file=work / "rows.tsv")],
+                      cwd=work, env=installed["env"])
+    assert (work / "classifier" / "results.json").is_file(), classified.stdout[-2000:]
+    sentences = ["the cat eats grass in the garden .", "the dog eats meat in the house ."] * 6
+    (work / "tags.conll").write_text("".join(
+        "".join(f"{word}\t{'B-ANIMAL' if word in ('cat', 'dog') else 'O'}\n" for word in sentence.split()) + "\n"
+        for sentence in sentences))
+    tagged = _run([str(bin_dir / "vanilla-transformer"), "finetune-token-classification", "--model_name_or_path",
+                   str(work / "mlm" / "final"), *finetune_args(work / "tagger", train_file=work / "tags.conll")],
+                  cwd=work, env=installed["env"])
+    assert (work / "tagger" / "results.json").is_file(), tagged.stdout[-2000:]
+    assert json.loads((work / "tagger" / "config.json").read_text())["architectures"] == [
+        "VanillaBertForTokenClassification"]

@@ -43,7 +43,6 @@ GENERATIONS = {  # name -> generate options; the rows of the returned cache: sen
     "beam 2": (dict(num_beams=2), 2),
     "beam 3, 2 returned": (dict(num_beams=3, num_return_sequences=2), 3),
     "sampling, 2 returned": (dict(do_sample=True, num_return_sequences=2), 2),
-    "greedy": (dict(num_beams=1), 1),
 }
 
 

@@ -23,7 +23,7 @@ from transformers import HfArgumentParser
 from vanilla_transformer.scripts.benchmarking.cases import CASES, check_data
 from vanilla_transformer.scripts.benchmarking.common import DATA_DIR_HELP, default_data_dir
 from vanilla_transformer.scripts.benchmarking.report import machine, scaling_plot, write_report
-from vanilla_transformer.scripts.training.errors import errors_without_traceback, parse_arguments, when_interrupted
+from vanilla_transformer.scripts.training.errors import run_command
 
 
 @dataclass
@@ -57,12 +57,9 @@ def run(args: BenchmarkArguments) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        (args,) = parse_arguments(HfArgumentParser(BenchmarkArguments), argv)
-        when_interrupted(lambda: f"no results were written ({args.output_dir} gets them at the end): run it again, "
-                                 "with fewer --cases or --repeats to be done sooner")
-        run(args)
-    return 0
+    return run_command(run, HfArgumentParser(BenchmarkArguments).parse_args_into_dataclasses, argv,
+                       kept=lambda args: f"no results were written ({args.output_dir} gets them at the end): run it "
+                                         "again, with fewer --cases or --repeats to be done sooner")
 
 
 if __name__ == "__main__":

@@ -18,11 +18,8 @@ step or average of the last 5 checkpoints; the length penalty); the test set is 
     python scripts/evaluate_translation.py --model_dir outputs/multi30k/final \
         --split ../shared/data/multi30k/test_2016_flickr --output_file outputs/multi30k/test_scores.json
 
-The same command runs on one GPU, or on several processes (the global batch is max_tokens x processes x
-gradient_accumulation_steps):
-    accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...                   # 2 GPUs
-    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 scripts/train_translation.py ...  # 2 CPUs
-The pairs and their token ids stay on disk, in Arrow files that `datasets` memory-maps (a corpus larger than memory
+The same command runs on one GPU, or on several processes (docs/scaling.md; the global batch is max_tokens x
+processes x gradient_accumulation_steps). The pairs and their token ids stay on disk, in Arrow files that `datasets` memory-maps (a corpus larger than memory
 trains), tokenized by one process per core for a large corpus; a second run with the same data and tokenizer reads
 them from the cache in seconds (docs/large-corpora.md: 4.5 million pairs on 2 CPU cores).
 Continue an interrupted run (Ctrl-C saves a checkpoint) with the same command plus --resume: a resumed run keeps
@@ -177,6 +174,9 @@ class TranslationRecipe(Recipe):
             for split in (args.train_split, args.validation_split)
         )
         self.tokenizer = get_tokenizer(args, self.train_pairs, self.validation_pairs, run)
+        if args.num_beams > len(self.tokenizer):  # found now, not when the first evaluation runs
+            raise ArgumentError(f"--num_beams {args.num_beams} is more than the {len(self.tokenizer)} tokens of the "
+                                "vocabulary: the extra beams only cost time; use at most that (4 to 8 is usual)")
         self.train_set, counts = trainable_pairs(tokenize_pairs(self.train_pairs, self.tokenizer), args.max_length)
         self.validation_set, validation_counts = trainable_pairs(
             tokenize_pairs(self.validation_pairs, self.tokenizer), args.max_length

@@ -44,9 +44,8 @@ import vanilla_transformer.modeling  # noqa: E402, F401  (registers our models: 
 from vanilla_transformer.modeling.hub import HubFolders  # noqa: E402
 from vanilla_transformer.scripts.training.errors import (  # noqa: E402
     ArgumentError,
-    errors_without_traceback,
     parse_arguments,
-    when_interrupted,
+    run_command,
 )
 from vanilla_transformer.scripts.training.model_folders import (  # noqa: E402
     check_finite_weights,
@@ -208,12 +207,9 @@ def parse_args(argv: list[str] | None = None) -> VisualizeArguments:
 
 
 def main(argv: list[str] | None = None) -> int:
-    with errors_without_traceback():
-        args = parse_args(argv)
-        when_interrupted(lambda: f"the PNGs written so far are in {args.output_dir}: run the same command again for "
-                                 "all of them")
-        run(args)
-    return 0
+    return run_command(run, lambda argv: (parse_args(argv),), argv,
+                       kept=lambda args: f"the PNGs written so far are in {args.output_dir}: run the same command "
+                                         "again for all of them")
 
 
 if __name__ == "__main__":

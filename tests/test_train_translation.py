@@ -23,7 +23,7 @@ from vanilla_transformer.modeling import VanillaTransformerForConditionalGenerat
 from vanilla_transformer.scripts import evaluate_translation, train_tokenizer
 from vanilla_transformer.tokenization import special_token_ids, train_bpe_tokenizer
 from vanilla_transformer.scripts.training.batching import sized_batches, steps_for_process, token_batches
-from vanilla_transformer.scripts.training.errors import CheckpointError
+from vanilla_transformer.scripts.training.errors import ArgumentError, CheckpointError
 from vanilla_transformer.scripts.training.translation_data import (
     CorpusArguments,
     babel_pairs,
@@ -395,3 +395,14 @@ def test_evaluate_translation_writes_scores_and_translations(finished_run, tmp_p
     one_by_one = [translate(model, tokenizer, [s], num_beams=2, length_penalty=0.6)[0]
                   for s in sources]
     assert one_by_one == hypotheses
+
+
+def test_more_beams_than_vocabulary_is_refused_before_training(tmp_path, write_translation_corpus, translation_args,
+                                                               run_translation):
+    """--num_beams 1000 with a 150-token vocabulary: refused once the tokenizer is known, before any step (it used to
+    train, then run every evaluation 100 times as long)."""
+    argv = translation_args(write_translation_corpus(tmp_path / "data"), tmp_path / "run", "--max_steps", "2",
+                            "--num_beams", "1000")
+    with pytest.raises(ArgumentError, match="--num_beams 1000 is more than the 1?[0-9]{2} tokens of the vocabulary"):
+        run_translation(argv)
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -110,6 +110,8 @@ class SharedRowsLayer(DynamicLayer):
     def reset(self) -> None:
         self._keys = self._values = None
         self.shared = 1  # the next update stores rows as they come (`one_row_per_sentence` may share them again)
+        # nothing stored, so nothing to zero: transformers before 5.2x zeroes an initialised layer's tensors in place
+        self.is_initialized = False
         super().reset()
 
     def offload(self) -> None:

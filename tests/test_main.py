@@ -93,7 +93,9 @@ def test_main_job_runs_the_commands_and_their_folders_answer_in_pipelines(tmp_pa
     with torch.no_grad():
         logits = model(**batch).logits[0, batch["input_ids"][0].tolist().index(tokenizer.mask_token_id)]
     expected = [tokenizer.decode([i]).strip() for i in logits.topk(3).indices.tolist()]
-    assert [a.rsplit(" (", 1)[0] for a in answer_lines[0].split("-> ", 1)[1].split(", ")] == expected
+    # "token (0.30), token (0.01), ...": a token may itself be "," so split on the scores, not on commas
+    answers = re.findall(r"(.+?) \((\d\.\d\d)\)(?:, |$)", answer_lines[0].split("-> ", 1)[1])
+    assert [token for token, _ in answers] == expected
     # a second run starts over in its own folders; a folder that is not one of its runs is left alone
     (tmp_path / "other" / "bert").mkdir(parents=True)
     (tmp_path / "other" / "bert" / "notes.txt").write_text("mine")

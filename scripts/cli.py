@@ -21,6 +21,8 @@ COMMANDS = {
     "visualize-attention": ("visualize_attention", "heatmaps of every attention head for a sentence"),
     "publish": ("publish", "a Hub-ready folder with a model card, optionally pushed to the Hub"),
     "export-ctranslate2": ("export_ctranslate2", "export a translation model to CTranslate2 for fast serving"),
+    "serve": ("serve", "an HTTP server for a model folder or its CTranslate2 export (LibreTranslate-compatible)"),
+    "demo": ("demo", "a Gradio page to try a model folder: translation with its attention, fill-mask, labels"),
     "benchmark": ("benchmark", "speed and memory against Hugging Face models of the same architecture"),
     "benchmark-corpus": ("benchmark_corpus", "tokenizer, tokenization and first-batch time on corpora of any size"),
 }

@@ -29,7 +29,9 @@ REQUIRED = {
     "finetune-token-classification": ["--model_name_or_path", "m", "--output_dir", "o", "--train_file", "t.conll"],
     "visualize-attention": ["--model_dir", "m", "--text", "x", "--output_dir", "o"],
     "publish": ["--model_dir", "m", "--output_dir", "o"],
+    "demo": ["--model_dir", "m"],
     "export-ctranslate2": ["--model_dir", "m", "--output_dir", "o"],
+    "serve": ["--model_dir", "m"],
     "benchmark": [],
     "benchmark-corpus": [],
 }

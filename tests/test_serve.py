@@ -120,7 +120,7 @@ def reference(folder, texts: list[str], **generate) -> list[str]:
 
 @pytest.fixture(scope="module")
 def translation_server(translation_folder):
-    server = Server(translation_folder, "--batch_window_ms", "50", "--max_request_bytes", "2000", "--max_texts", "10")
+    server = Server(translation_folder, "--batch_window_ms", "50", "--max_request_bytes", "70000", "--max_texts", "10")
     yield server
     server.stop()
 
@@ -160,6 +160,9 @@ BAD_REQUESTS = {
     "a form, not JSON": (b"q=ein+Hund&source=de", {"Content-Type": "application/x-www-form-urlencoded"}, 400,
                          "with Content-Type: application/json"),
     "no body": (b"", {"Content-Type": "application/json"}, 400, "send a JSON object such as"),
+    "JSON nested deeper than the parser goes": (b"[" * 30000 + b"]" * 30000, {"Content-Type": "application/json"},
+                                                400, "the body could not be read as JSON"),
+    "not UTF-8": (b'{"q": "J\xe4nner"}', {"Content-Type": "application/json"}, 400, "could not be read as JSON"),
     "a JSON list": ([1, 2], {}, 400, "send a JSON object such as"),
     "no q": ({"source": "de"}, {}, 400, "q: give a string or a list of strings"),
     "q a number": ({"q": 5}, {}, 400, "q: give a string or a list of strings"),
@@ -178,7 +181,7 @@ BAD_REQUESTS = {
     "max_new_tokens beyond the positions": ({"q": "Hund", "max_new_tokens": 65}, {}, 400,
                                             "this model writes 1 to 64 tokens"),
     "html": ({"q": "<b>Hund</b>", "format": "html"}, {}, 400, "this server translates plain text"),
-    "over the size limit": ({"q": "Hund " * 500}, {}, 413, "the request body is over 2000 bytes"),
+    "over the size limit": ({"q": "Hund " * 15000}, {}, 413, "the request body is over 70000 bytes"),
     "a Content-Length that is not a number": (b"{}", {"Content-Length": "x"}, 413, None),
 }
 
@@ -206,16 +209,17 @@ def test_a_wrong_path_or_method_names_the_endpoints(translation_server):
 
 def test_a_body_streamed_without_length_is_cut_at_the_limit(translation_server):
     connection = http.client.HTTPConnection("127.0.0.1", translation_server.port, timeout=30)
-    chunks = (b'{"q": "' + b"Hund " * 100 + b'"}' for _ in range(10))  # ~5 kB, no Content-Length
+    chunks = (b'{"q": "' + b"Hund " * 2000 + b'"}' for _ in range(10))  # ~100 kB, no Content-Length
     connection.request("POST", "/translate", body=chunks, headers={"Content-Type": "application/json"},
                        encode_chunked=True)
     response = connection.getresponse()
-    assert response.status == 413 and "over 2000 bytes" in json.loads(response.read())["error"]
+    assert response.status == 413 and "over 70000 bytes" in json.loads(response.read())["error"]
     assert translation_server.alive()
 
 
 def test_a_flood_is_answered_200_or_503_with_retry_after_and_the_server_stays_up(translation_folder):
-    server = Server(translation_folder, "--max_queue", "6", "--max_batch_size", "2", "--max_texts", "4")
+    server = Server(translation_folder, "--max_queue", "6", "--max_batch_size", "2", "--max_texts", "4",
+                    "--max_connections", "8")  # two refusals: a full queue, too many requests in progress
     try:
         body = {"q": SENTENCES[:4], "source": "de", "beam_size": 4, "max_new_tokens": 32}
         with ThreadPoolExecutor(24) as pool:

@@ -46,6 +46,7 @@ class Limits:
     batch_window_ms: float = 5.0  # how long the first request of a batch waits for others
     max_queue: int = 256  # texts waiting; more is answered 503
     request_timeout: float = 30.0  # seconds from arrival to answer; later is answered 503
+    max_in_flight: int = 512  # requests in progress (queued or running); more is answered 503
 
 
 class TranslateRequest(BaseModel):
@@ -110,6 +111,26 @@ class BodyLimit:
         await self.app(scope, limited_receive, guarded_send)
 
 
+class InFlightLimit:
+    """Answers 503 with Retry-After once `max_requests` requests are in progress (GET /health always passes): what
+    uvicorn's own `limit_concurrency` does, but with the header and a message, so that clients back off."""
+
+    def __init__(self, app, max_requests: int):
+        self.app, self.max_requests, self.active = app, max_requests, 0
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http" or scope["path"] == "/health":
+            return await self.app(scope, receive, send)
+        if self.active >= self.max_requests:
+            return await error(503, f"the server is busy: {self.active} requests are in progress; retry after 1 s",
+                               1)(scope, receive, send)
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
+
+
 def validation_message(exc: RequestValidationError, request: Request) -> str:
     """Pydantic's errors as one line that says what to send."""
     example = EXAMPLES.get(request.url.path, "{...}")
@@ -160,6 +181,9 @@ def create_app(backend, limits: Limits | None = None) -> FastAPI:
         if exc.status_code in (404, 405):
             return error(exc.status_code, f"{request.method} {request.url.path}: this server answers "
                                           f"{', '.join(endpoints)}")
+        if exc.status_code == 400:  # FastAPI could not parse the body at all (JSON nested too deep, say)
+            return error(400, f"the body could not be read as JSON ({exc.detail}): send a JSON object such as "
+                              f"{EXAMPLES.get(request.url.path, '{...}')}")
         return error(exc.status_code, str(exc.detail))
 
     @app.exception_handler(BadRequest)
@@ -248,6 +272,7 @@ def create_app(backend, limits: Limits | None = None) -> FastAPI:
             bert_endpoint(task, *describe[task])
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
+    app.add_middleware(InFlightLimit, max_requests=limits.max_in_flight)  # the outermost: refuses before reading
     return app
 
 

@@ -361,3 +361,18 @@ def test_a_folder_without_its_languages_asks_for_them(translation_folder, tmp_pa
     with pytest.raises(SystemExit):
         serve.main(["--model_dir", str(folder), "--source_lang", "de", "--target_lang", "en;rm"])
     assert "'en;rm' is not a language code" in capsys.readouterr().err
+
+
+def test_a_damaged_ctranslate2_export_is_refused_in_one_line(translation_folder, tmp_path, capsys):
+    pytest.importorskip("ctranslate2")
+    from vanilla_transformer.modeling.convert_ctranslate2 import export_ctranslate2
+
+    export = export_ctranslate2(translation_folder, tmp_path / "ct2")
+    (export / "generation_config.json").write_text('{"num_beams": "four"}')
+    with pytest.raises(SystemExit):
+        serve.main(["--model_dir", str(export), "--source_lang", "de", "--target_lang", "en"])
+    assert "generation_config.json: num_beams 'four' is not a usable number" in capsys.readouterr().err
+    (export / "generation_config.json").write_text("{not json")
+    with pytest.raises(SystemExit):
+        serve.main(["--model_dir", str(export), "--source_lang", "de", "--target_lang", "en"])
+    assert "is not a usable CTranslate2 export (JSONDecodeError" in capsys.readouterr().err

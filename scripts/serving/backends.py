@@ -103,8 +103,14 @@ class Translation:
         beams = defaults.get("num_beams") or 1
         penalty = defaults.get("length_penalty")
         new_tokens = defaults.get("max_new_tokens") or (defaults.get("max_length") or 20) - 1
-        self.defaults = GenerationOptions(min(int(beams), max_beams), 1.0 if penalty is None else float(penalty),
-                                          min(int(new_tokens), max_positions))
+        penalty = 1.0 if penalty is None else penalty
+        for name, value in (("num_beams", beams), ("max_new_tokens", new_tokens), ("length_penalty", penalty)):
+            if isinstance(value, bool) or not isinstance(value, int | float) or not -1e6 < value < 1e9:
+                raise FolderError(f"{folder}/generation_config.json: {name} {value!r} is not a usable number; "
+                                  "fix or delete the file")
+        # the saved defaults, within the server's bounds
+        self.defaults = GenerationOptions(max(1, min(int(beams), max_beams)), float(penalty),
+                                          max(1, min(int(new_tokens), max_positions)))
 
     def options(self, beam_size: int | None, length_penalty: float | None, max_new_tokens: int | None
                 ) -> GenerationOptions:
@@ -184,9 +190,13 @@ class CTranslate2Translation(Translation):
         if not isinstance(positions, int) or isinstance(positions, bool) or not 1 <= positions <= 1 << 20:
             raise FolderError(f"{folder}/config.json has no usable max_position_embeddings ({positions!r}): export "
                               "the model again with vanilla-transformer export-ctranslate2")
-        self.translator = CTranslate2Translator(folder, device=device, compute_type=compute_type,
-                                                intra_threads=threads)
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))  # without the translator's truncation
+        try:
+            self.translator = CTranslate2Translator(folder, device=device, compute_type=compute_type,
+                                                    intra_threads=threads)
+            self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))  # without the translator's truncation
+        except Exception as error:  # noqa: BLE001: ctranslate2 and tokenizers raise their own kinds
+            raise FolderError(f"{folder} is not a usable CTranslate2 export ({type(error).__name__}: {error}): export "
+                              "the model again with vanilla-transformer export-ctranslate2") from None
         t = self.translator
         super().__init__(folder, source_lang, target_lang, max_beams,
                          {"num_beams": t.num_beams, "length_penalty": t.length_penalty,

@@ -2,7 +2,8 @@
 request at a time, on the PyTorch model and on its CTranslate2 export, then a 4x overload.
 
 For each back end (pytorch; ctranslate2, float32 export made here) and each mode (batching: --max_batch_size 32
---batch_window_ms 5; one at a time: --max_batch_size 1), a fresh server; then closed-loop clients (each sends its next
+--batch_window_ms 5, the default; batching without a window: --batch_window_ms 0, a batch is what waited while the
+last one ran; one at a time: --max_batch_size 1), a fresh server; then closed-loop clients (each sends its next
 request when the last is answered), 1, 8 and 32 of them, each level bounded by --requests_per_client requests per
 client and --level_seconds seconds. One request = one sentence (LibreTranslate's `q` a string), beam size and length
 as the folder's generation config says. Sentences: the German side of the embedded CLDR corpus (names of countries,
@@ -135,7 +136,9 @@ async def open_loop(port: int, sentences: list[str], rate: float, seconds: float
 
 
 def measure(model_dir: Path, engine: str, args, sentences: list[str]) -> dict:
-    modes = {"batching": ["--max_batch_size", "32", "--batch_window_ms", "5"], "one at a time": ["--max_batch_size", "1"]}
+    modes = {"batching": ["--max_batch_size", "32", "--batch_window_ms", "5"],
+             "batching, no window": ["--max_batch_size", "32", "--batch_window_ms", "0"],
+             "one at a time": ["--max_batch_size", "1"]}
     results = {}
     for mode, options in modes.items():
         process, port = start_server(model_dir, *options, *args.server_options)
@@ -144,7 +147,7 @@ def measure(model_dir: Path, engine: str, args, sentences: list[str]) -> dict:
             levels = [asyncio.run(closed_loop(port, sentences, clients, args.requests_per_client, args.level_seconds))
                       for clients in LEVELS]
             for level in levels:
-                print(f"  {engine:11} {mode:13} {level}", flush=True)
+                print(f"  {engine:11} {mode:19} {level}", flush=True)
             results[mode] = levels
             if mode == "batching":
                 rate = 4 * levels[-1]["throughput_rps"]
@@ -164,7 +167,7 @@ def write_markdown(report: dict, path: Path) -> None:
              "| engine | mode | clients | requests | throughput (req/s) | p50 (ms) | p99 (ms) |",
              "|---|---|---:|---:|---:|---:|---:|"]
     for engine, results in report["engines"].items():
-        for mode in ("batching", "one at a time"):
+        for mode in ("batching", "batching, no window", "one at a time"):
             for level in results[mode]:
                 lines.append(f"| {engine} | {mode} | {level['clients']} | {level['requests']} | "
                              f"{level['throughput_rps']} | {level['p50_ms']} | {level['p99_ms']} |")

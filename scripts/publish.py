@@ -2,11 +2,12 @@
 
 The folder holds the weights (safetensors), a config with `auto_map` (and `custom_pipelines` for translation),
 the tokenizer, the generation config, the modeling code and a model card rendered from `model_card.md`
-(YAML metadata: library, `custom_code` tag, pipeline tag, datasets, measured metrics).
+(YAML metadata: library, `custom_code` tag, pipeline tag, datasets, measured metrics). With --space, also a
+Hugging Face Space folder: a Gradio page trying the model, with a copy of the folder (scripts/serving/space.py).
 
     python scripts/publish.py --model_dir outputs/multi30k/final --output_dir hub/multi30k-de-en \\
         --metrics_file outputs/multi30k/test_scores.json --datasets bentrevett/multi30k --language de en \\
-        --push_to_hub user/vanilla-transformer-multi30k-de-en
+        --push_to_hub user/vanilla-transformer-multi30k-de-en --space       # and hub/multi30k-de-en-space
 
 Checked before anything is written: the model folder (one of ours, finite weights), the metrics file (JSON, finite
 numbers), the output folder (new or empty, or an earlier output of this script; never the model folder) and the
@@ -26,13 +27,10 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 from transformers import AutoConfig, AutoTokenizer, HfArgumentParser
 
 import vanilla_transformer.modeling  # noqa: F401  (registers our classes with the Auto classes)
-from vanilla_transformer.scripts.training.model_folders import (
-    ModelFolderError,
-    check_model_folder,
-    check_not_the_model_folder,
-    check_tokenizer_fits,
-    check_writable_dir,
-)
+from vanilla_transformer.scripts.serving.space import check_space_dir, space_folder, write_space
+from vanilla_transformer.scripts.training.model_folders import (ModelFolderError, check_model_folder,
+                                                               check_not_the_model_folder, check_tokenizer_fits,
+                                                               check_writable_dir)
 from vanilla_transformer.modeling.hub import hub_classes, save_for_hub
 from vanilla_transformer.scripts.training.errors import (
     NetworkError,
@@ -76,6 +74,8 @@ class PublishArguments:
         "help": "also export the model to CTranslate2 in the subfolder ctranslate2/, with this weight type "
         "(float32, int8, int8_float32, float16, ...; needs the serve extra); the card shows how to use it"})
     push_to_hub: str | None = field(default=None, metadata={"help": "upload to this Hub repo id (user/name)"})
+    space: bool = field(default=False, metadata={"help": "also write a Hugging Face Space, a Gradio page, in <output_dir>-space"})
+    space_dir: str | None = field(default=None, metadata={"help": "the Space's folder, instead (implies --space)"})
     private: bool = field(default=False, metadata={"help": "create the Hub repo as private"})
     token: str | None = field(default=None, metadata={"help": "Hub token (default: the logged-in one)"})
 
@@ -223,10 +223,12 @@ def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
         try:
             validate_repo_id(args.push_to_hub)
         except HFValidationError as error:
-            raise ModelFolderError(f"--push_to_hub {args.push_to_hub} is not a Hub repo id (user/name): {error}"
-                                   ) from None
+            raise ModelFolderError(f"--push_to_hub {args.push_to_hub} is not a Hub repo id (user/name): {error}") from None
     metrics = read_metrics(args.metrics_file)
     check_output_dir(output_dir, folder)
+    space_dir = space_folder(args.space, args.space_dir, output_dir)
+    if space_dir is not None:
+        check_space_dir(space_dir, output_dir, folder)
     args.model_name = args.model_name or model_dir.resolve().name
     args.training_recipe = args.training_recipe or recipe_from(model_dir)
     model = load_model(str(model_dir))
@@ -238,6 +240,8 @@ def publish(args: PublishArguments, api: HfApi | None = None) -> Path:
 
         export_ctranslate2(output_dir, output_dir / CTRANSLATE2_FOLDER, args.ctranslate2, force=True)
     repo_id = args.push_to_hub or f"<user>/{args.model_name}"
+    if space_dir is not None:  # before the card: a card of this run still means that everything was written
+        print(f"Space folder: {write_space(space_dir, output_dir, args.model_name, args.push_to_hub, args.license)}")
     render_card(model, args, metrics, repo_id).save(output_dir / "README.md")
     print(f"Hub-ready folder: {output_dir}")
     if args.push_to_hub:

@@ -130,6 +130,13 @@ def _run_without_package(code: str, cwd: str, timeout: int = 600, python: str | 
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+@pytest.fixture(scope="session")
+def no_package_code() -> str:
+    """Python code after which `vanilla_transformer` cannot be imported (checked): put first in a `python -c` whose
+    process must run as on a machine without this package, e.g. a server that `run_without_package` cannot wait for."""
+    return _NO_PACKAGE
+
+
 @pytest.fixture
 def run_without_package():
     """run_without_package(code, cwd, timeout=600, python=None) -> dict: run `code` (which prints one JSON object as

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.packaging  # .ci/run's steps on the newest and the lowest versions leave these out
 ROOT = Path(__file__).resolve().parents[1]
 # Every command module of scripts/ (all but the package's own files and the dispatcher), and its older console name,
 # vanilla-transformer-<name with dashes>, an alias of `vanilla-transformer <name with dashes>`

@@ -142,6 +142,21 @@ def test_translate_answers_as_libretranslate_does_and_equals_generate(translatio
     assert status == 200 and "/translate" in spec["paths"] and "/health" in spec["paths"]
 
 
+def test_the_openapi_description_says_the_bounds_and_the_answers_the_server_gives(translation_server):
+    """What schemathesis checks (docs/serving.md): a client generated from the description sends what the server
+    takes, and expects the statuses it answers."""
+    spec = translation_server.request("GET", "/openapi.json")[2]
+    request = spec["components"]["schemas"]["TranslateRequest"]["properties"]
+    assert request["q"]["anyOf"][1]["maxItems"] == 10 and request["q"]["anyOf"][0]["pattern"] == r"\S"
+    beam = next(option for option in request["beam_size"]["anyOf"] if option.get("type") == "integer")
+    assert (beam["minimum"], beam["maximum"]) == (1, 8)
+    assert request["source"]["enum"] == ["de", "auto"] and request["format"]["enum"] == ["text"]
+    responses = spec["paths"]["/translate"]["post"]["responses"]
+    assert {"200", "400", "413", "503"} <= set(responses) and "422" not in responses
+    status, headers, _ = translation_server.request("DELETE", "/health")
+    assert status == 405 and headers["Allow"] == "GET"
+
+
 def test_requests_that_arrive_together_are_batched_and_answered_as_alone(translation_server, translation_folder):
     expected = dict(zip(SENTENCES, reference(translation_folder, SENTENCES)))
     before = translation_server.request("GET", "/health")[2]
@@ -291,6 +306,8 @@ def test_a_masked_lm_folder_answers_fill_mask_as_the_pipeline(bert_folders):
             [a["token_str"] for a in answers] for answers in expected]
         assert [a["score"] for answers in answer["results"] for a in answers] == pytest.approx(
             [a["score"] for answers in expected for a in answers], abs=1e-5)
+        status, _, alone = server.post("/fill-mask", {"text": texts[1], "top_k": 3})  # a batch of one text
+        assert status == 200 and [a["token"] for a in alone["results"]] == [a["token_str"] for a in expected[1]]
         status, _, answer = server.post("/fill-mask", {"text": "no mask here"})
         assert status == 400 and "has 0 [MASK] tokens: put exactly one [MASK]" in answer["error"]
         status, _, answer = server.post("/fill-mask", {"text": "two [MASK]", "top_k": 0})

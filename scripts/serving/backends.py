@@ -265,6 +265,8 @@ class BertTasks:
         task, top_k = key
         options = {"top_k": top_k} if task == "fill-mask" else {}
         outputs = self.pipelines[task](texts, batch_size=len(texts), **options)
+        if task == "fill-mask" and len(texts) == 1 and outputs and isinstance(outputs[0], dict):
+            outputs = [outputs]  # the fill-mask pipeline unwraps a list of one text: its answers come flat
         if task == "fill-mask":
             return [[{"token": a["token_str"], "score": float(a["score"]), "sequence": a["sequence"]} for a in answers]
                     for answers in outputs]

@@ -15,14 +15,16 @@ that batch only; the server goes on.
 
 import asyncio
 import logging
+import re
 import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import Annotated
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictFloat, StrictStr, WithJsonSchema
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from vanilla_transformer.scripts.serving.backends import BadRequest, BertTasks, Translation
@@ -49,6 +51,18 @@ class Limits:
     max_in_flight: int = 512  # requests in progress (queued or running); more is answered 503
 
 
+def _integral(value):
+    """An integer, as JSON Schema has it: 4 or 4.0, never true, "4" or 4.5."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError("not an integer")
+    return value
+
+
+Integer = Annotated[int, BeforeValidator(_integral), WithJsonSchema({"type": "integer"})]
+
+
 class TranslateRequest(BaseModel):
     """LibreTranslate's request; its `api_key` and `alternatives` are accepted and ignored."""
 
@@ -57,9 +71,9 @@ class TranslateRequest(BaseModel):
     source: StrictStr = Field("auto", description="the source language code, or 'auto'")
     target: StrictStr | None = Field(None, description="the target language code (default: the model's)")
     format: StrictStr = Field("text", description="'text' (this server translates plain text only)")
-    beam_size: StrictInt | None = Field(None, description="beam size (default: the model's generation config)")
-    length_penalty: float | None = Field(None, allow_inf_nan=False, description="length penalty of beam search")
-    max_new_tokens: StrictInt | None = Field(None, description="at most this many tokens per translation")
+    beam_size: Integer | None = Field(None, description="beam size (default: the model's generation config)")
+    length_penalty: StrictFloat | None = Field(None, allow_inf_nan=False, description="length penalty of beam search")
+    max_new_tokens: Integer | None = Field(None, description="at most this many tokens per translation")
 
 
 class TextsRequest(BaseModel):
@@ -68,12 +82,12 @@ class TextsRequest(BaseModel):
 
 
 class FillMaskRequest(TextsRequest):
-    top_k: StrictInt = Field(5, description="how many answers for the [MASK]")
+    top_k: Integer = Field(5, description="how many answers for the [MASK]")
 
 
-def error(status: int, message: str, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
-    return JSONResponse({"error": message}, status_code=status, headers=headers)
+def error(status: int, message: str, retry_after: int | None = None, headers: dict | None = None) -> JSONResponse:
+    headers = {**(headers or {}), **({"Retry-After": str(retry_after)} if retry_after is not None else {})}
+    return JSONResponse({"error": message}, status_code=status, headers=headers or None)
 
 
 class BodyLimit:
@@ -180,7 +194,7 @@ def create_app(backend, limits: Limits | None = None) -> FastAPI:
     async def not_here(request: Request, exc: StarletteHTTPException):
         if exc.status_code in (404, 405):
             return error(exc.status_code, f"{request.method} {request.url.path}: this server answers "
-                                          f"{', '.join(endpoints)}")
+                                          f"{', '.join(endpoints)}", headers=exc.headers)  # 405: Allow
         if exc.status_code == 400:  # FastAPI could not parse the body at all (JSON nested too deep, say)
             return error(400, f"the body could not be read as JSON ({exc.detail}): send a JSON object such as "
                               f"{EXAMPLES.get(request.url.path, '{...}')}")
@@ -271,9 +285,61 @@ def create_app(backend, limits: Limits | None = None) -> FastAPI:
         for task in backend.tasks:
             bert_endpoint(task, *describe[task])
 
+    app.openapi = lambda: document_limits(app, backend, limits)
     app.add_middleware(BodyLimit, max_bytes=limits.max_request_bytes)
     app.add_middleware(InFlightLimit, max_requests=limits.max_in_flight)  # the outermost: refuses before reading
     return app
+
+
+def document_limits(app: FastAPI, backend, limits: Limits) -> dict:
+    """The OpenAPI description as the server behaves: the bounds it checks (a text with a non-space character, at
+    most `max_texts` of them, beam size, new tokens, top k) in the request schemas, and the answers it gives instead
+    of FastAPI's 422: 400, 413 and 503, each `{"error": "..."}`."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    spec = get_openapi(title=app.title, version="1", description=app.description, routes=app.routes)
+    schemas = spec.get("components", {}).get("schemas", {})
+    text = {"type": "string", "minLength": 1, "pattern": r"\S"}
+    texts = {"anyOf": [text, {"type": "array", "items": text, "minItems": 1, "maxItems": limits.max_texts}]}
+    bounds = {"beam_size": (1, getattr(backend, "max_beams", 1)), "max_new_tokens": (1, backend.max_positions),
+              "length_penalty": (-10, 10), "top_k": (1, getattr(backend, "max_top_k", 1))}
+    for schema in schemas.values():
+        properties = schema.get("properties", {})
+        for name in ("q", "text"):
+            if name in properties:
+                properties[name] = {**texts, "description": properties[name].get("description", "")}
+        if "top_k" in properties:  # fill-mask: exactly one mask token in each text
+            mask = re.escape(backend.tokenizer.mask_token)
+            one_mask = {"type": "string", "pattern": f"^(?:(?!{mask})[\\s\\S])*{mask}(?:(?!{mask})[\\s\\S])*$"}
+            properties["text"]["anyOf"] = [one_mask, {**texts["anyOf"][1], "items": one_mask}]
+        if "format" in properties:
+            properties["format"]["enum"] = ["text"]
+        if isinstance(backend, Translation) and "source" in properties:  # the one pair the model translates
+            properties["source"]["enum"] = [backend.source_lang, "auto"]
+            properties["target"]["anyOf"] = [{"enum": [backend.target_lang]}, {"type": "null"}]
+        for name, (low, high) in bounds.items():
+            if name in properties:
+                for option in properties[name].get("anyOf", [properties[name]]):
+                    if option.get("type") in ("integer", "number"):
+                        option.update(minimum=low, maximum=high)
+    schemas.pop("HTTPValidationError", None)
+    schemas.pop("ValidationError", None)
+    schemas["Error"] = {"type": "object", "properties": {"error": {"type": "string"}}, "required": ["error"]}
+    answer = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+    for operations in spec["paths"].values():
+        for operation in operations.values():
+            operation["responses"].pop("422", None)
+            if "requestBody" in operation:
+                operation["responses"].update({
+                    "400": {"description": "a request the model cannot answer; the message says what to send",
+                            **answer},
+                    "413": {"description": f"a body over {limits.max_request_bytes} bytes", **answer},
+                    "503": {"description": "busy: the queue is full, or no answer within the timeout; see "
+                                           "Retry-After", **answer}})
+    app.openapi_schema = spec
+    return spec
 
 
 def language_name(code: str) -> str:

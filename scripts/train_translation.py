@@ -4,20 +4,17 @@ warmup and inverse square root decay, label smoothing 0.1, validation loss and b
 last checkpoints. Ends with a Hub-ready folder `output_dir/final` whose generation config holds the beam size
 and the length penalty chosen on the validation set.
 
-Multi30k de->en in 45 minutes on 2 CPU cores (aim: >= 38.5 sacreBLEU on test_2016_flickr; the peer, a MarianMTModel
-of the same size trained 45 minutes here, reaches 37.6). The validation set makes every choice (the weights: last
-step or average of the last 5 checkpoints; the length penalty); the test set is scored once, afterwards:
+Multi30k de->en in 45 minutes on 2 CPU cores in fp32 (--preset multi30k: the model, batch, schedule and evaluation
+that proxy runs chose on the validation split, docs/translation.md). The validation set makes every choice (the
+weights: last step or average of the last checkpoints; the length penalty); the test set is scored once, afterwards:
 
-    python scripts/train_translation.py \
+    python scripts/train_translation.py --preset multi30k \
         --train_split ../shared/data/multi30k/train --validation_split ../shared/data/multi30k/val \
-        --source_lang de --target_lang en --output_dir outputs/multi30k \
-        --vocab_size 8000 --d_model 256 --encoder_layers 3 --decoder_layers 3 --attention_heads 4 --ffn_dim 1024 \
-        --dropout 0.1 --label_smoothing 0.1 --max_tokens 3000 --learning_rate 1.5e-3 --warmup_steps 1000 \
-        --mixed_precision bf16 --max_train_minutes 45 --save_steps 150 --keep_checkpoints 5 --average_last 5 \
-        --eval_steps 600 --num_beams 4 --length_penalties 1.0 0.6 0.8 1.2
+        --source_lang de --target_lang en --output_dir outputs/multi30k
     python scripts/evaluate_translation.py --model_dir outputs/multi30k/final \
         --split ../shared/data/multi30k/test_2016_flickr --output_file outputs/multi30k/test_scores.json
 
+Options given beside --preset win over it (--max_train_minutes 10, say, for a shorter run with the same schedule).
 The same command runs on one GPU, or on several processes (docs/scaling.md; the global batch is max_tokens x
 processes x gradient_accumulation_steps). The pairs and their token ids stay on disk, in Arrow files that `datasets` memory-maps (a corpus larger than memory
 trains), tokenized by one process per core for a large corpus; a second run with the same data and tokenizer reads
@@ -54,6 +51,7 @@ from vanilla_transformer.scripts.training.errors import (
 from vanilla_transformer.scripts.training.loop import LoopArguments, TrainingTask, TrainOutcome
 from vanilla_transformer.scripts.training.model_folders import check_no_dangling_link, check_tokenizer_folder
 from vanilla_transformer.scripts.training.optimization import paper_learning_rate
+from vanilla_transformer.scripts.training.presets import TRANSLATION_PRESETS, apply_preset, check_preset
 from vanilla_transformer.scripts.training.run import Recipe, RunContext, run_tokenizer
 from vanilla_transformer.scripts.training.run import run as run_recipe
 from vanilla_transformer.scripts.training.tokenizer_checks import check_tokenizer, tokenizer_fingerprint
@@ -74,6 +72,8 @@ class TranslationArguments:
                                                "file, a split name with --dataset_name, or an embedded corpus "
                                                "(embedded:cldr-de-en:train)"})
     validation_split: str = field(metadata={"help": "validation pairs, likewise: loss, BLEU and every choice"})
+    preset: str | None = field(default=None, metadata={"help": "multi30k: the recipe for a small corpus on 2 CPU "
+                                                              "cores (training/presets.py); options given beside it win"})
     tokenizer: str | None = field(
         default=None, metadata={"help": "a saved tokenizer folder (scripts/train_tokenizer.py); default: train a "
                                         "joint BPE on the training pairs into output_dir/tokenizer"}
@@ -102,6 +102,8 @@ class TranslationArguments:
     eval_batch_size: int = field(default=64, metadata={"help": "sentences per generation batch"})
 
     def __post_init__(self):
+        if message := check_preset(self.preset, TRANSLATION_PRESETS):
+            raise ArgumentError(message)
         for name in ("max_length", "max_tokens", "d_model", "encoder_layers", "decoder_layers", "attention_heads",
                      "ffn_dim", "num_beams", "eval_batch_size"):
             if getattr(self, name) < 1:
@@ -289,6 +291,7 @@ def _texts(pairs, count: int = 1000) -> list[str]:
 def parse_args(argv: list[str] | None = None):
     parser = HfArgumentParser((TranslationArguments, CorpusArguments, LoopArguments), description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    apply_preset(parser, argv, TRANSLATION_PRESETS)
     return parse_arguments(parser, argv)
 
 

@@ -93,6 +93,11 @@ class FinetuneArguments:
     )
     learning_rate: float = field(default=1e-4, metadata={"help": "Peak AdamW learning rate."})
     num_train_epochs: float = field(default=1.0, metadata={"help": "Passes over the training data."})
+    max_train_minutes: float | None = field(
+        default=None, metadata={"help": "Wall-clock budget of the training (evaluations included, over resumes): "
+                                        "training stops when it is spent, and the learning rate's decay to 0 "
+                                        "follows whichever of the clock and the steps is further along."}
+    )
     per_device_train_batch_size: int = field(
         default=64, metadata={"help": "Training batch size (64 rather than 32: half the optimizer steps on CPU)."}
     )
@@ -135,8 +140,10 @@ class FinetuneArguments:
                 raise ArgumentError(f"--{name} must be at least 1, got {value}")
         if self.max_seq_length < 2:
             raise ArgumentError(f"--max_seq_length {self.max_seq_length}: at least 2 ([CLS] and [SEP])")
-        for name in ("learning_rate", "num_train_epochs"):
+        for name in ("learning_rate", "num_train_epochs", "max_train_minutes"):
             value = getattr(self, name)
+            if value is None:
+                continue
             if not (math.isfinite(value) and value > 0):
                 raise ArgumentError(f"--{name} must be a positive number, got {value}")
         for name in ("weight_decay", "warmup_steps"):

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import shutil
+import time
 from pathlib import Path
 
 import datasets
@@ -113,12 +114,53 @@ class NoPickleInCheckpoints(TrainerCallback):
             missing_ok=True)
 
 
+class TimeBudget(TrainerCallback):
+    """--max_train_minutes: before each step the schedule learns how much of the budget is spent (its
+    `clock_fraction`, saved with each checkpoint, so that the clock runs on over resumes); once all of it is, training
+    stops, as finished as if it had reached its last step."""
+
+    def __init__(self, trainer: "FinetuneTrainer", minutes: float):
+        self.trainer, self.seconds, self.ran_out = trainer, 60.0 * minutes, False
+        self.start = None
+
+    def spent(self) -> float:
+        return (time.monotonic() - self.start) / self.seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):  # after a resumed run's schedule has been loaded
+        schedule = getattr(self.trainer.lr_scheduler, "scheduler", self.trainer.lr_scheduler)
+        self.start = time.monotonic() - (schedule.clock_fraction or 0.0) * self.seconds
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        schedule = getattr(self.trainer.lr_scheduler, "scheduler", self.trainer.lr_scheduler)
+        schedule.clock_fraction = min(1.0, self.spent())
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.spent() >= 1.0 and state.global_step < state.max_steps:
+            self.ran_out = True
+            control.should_training_stop = True
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if self.ran_out:  # the epoch was cut short: the command scores the validation set once, after training
+            control.should_evaluate = False
+
+
+class NoEvaluationAfterTheLastEpoch(TrainerCallback):
+    """With several epochs the validation set is scored after each but the last: the command scores it right after
+    training (one pass of the whole set, not two)."""
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        if state.global_step >= state.max_steps:
+            control.should_evaluate = False
+
+
 class FinetuneTrainer(Trainer):
     """Trainer with the project's optimizer and schedule (`vanilla_transformer.scripts.training.optimization`, as every
     script that trains): AdamW without weight decay on biases and norms, and a linear warmup followed by a linear
     decay to 0 over the run's steps, BERT's fine-tuning schedule. The betas, epsilon, weight decay and warmup are
     TrainingArguments'. Trainer calls these two hooks once it knows the number of steps (after the model is
-    wrapped)."""
+    wrapped). With --max_train_minutes (`time_budget`), the decay follows the clock when it is further along."""
+
+    time_budget: TimeBudget | None = None
 
     def create_optimizer(self, model=None):
         if self.optimizer is None:
@@ -131,7 +173,7 @@ class FinetuneTrainer(Trainer):
         if self.lr_scheduler is None:
             self.lr_scheduler = make_schedule(optimizer or self.optimizer,
                                               self.args.get_warmup_steps(num_training_steps),
-                                              total_steps=num_training_steps)
+                                              total_steps=num_training_steps, clock=self.time_budget is not None)
         return self.lr_scheduler
 
 
@@ -149,6 +191,7 @@ def build_trainer(model, tokenizer, data: dict[str, datasets.Dataset], args: Fin
         warmup_steps=args.warmup_steps,
         train_sampling_strategy="sequential" if args.group_by_length else "random",  # LengthGroupedEpochs
         # the command scores the validation set after training; with several epochs it is also scored after each
+        # epoch but the last (NoEvaluationAfterTheLastEpoch)
         eval_strategy="epoch" if "validation" in data and args.num_train_epochs > 1 else "no",
         save_strategy="steps",  # checkpoints for --resume; the final model is saved once, Hub-ready, by save_run
         save_steps=args.save_steps,
@@ -162,7 +205,7 @@ def build_trainer(model, tokenizer, data: dict[str, datasets.Dataset], args: Fin
         fp16=args.mixed_precision == "fp16",
         use_cpu=not torch.cuda.is_available(),
     )
-    return FinetuneTrainer(
+    trainer = FinetuneTrainer(
         model=model,
         args=training_args,
         train_dataset=(LengthGroupedEpochs(data["train"], args.per_device_train_batch_size, args.seed)
@@ -171,8 +214,12 @@ def build_trainer(model, tokenizer, data: dict[str, datasets.Dataset], args: Fin
         processing_class=tokenizer,
         data_collator=data_collator,
         compute_metrics=compute_metrics,
-        callbacks=[NoPickleInCheckpoints()],
+        callbacks=[NoPickleInCheckpoints(), NoEvaluationAfterTheLastEpoch()],
     )
+    if args.max_train_minutes is not None:
+        trainer.time_budget = TimeBudget(trainer, args.max_train_minutes)
+        trainer.add_callback(trainer.time_budget)
+    return trainer
 
 
 def train(trainer: Trainer, args: FinetuneArguments, resume_from: Path | None) -> dict:
@@ -208,7 +255,11 @@ def train(trainer: Trainer, args: FinetuneArguments, resume_from: Path | None) -
         raise TrainingError(f"training diverged: {what} at step {step}; nothing was saved after it (no model, "
                             f"no scores). Lower --learning_rate (it is {args.learning_rate}) and start a new "
                             "--output_dir")
-    if trainer.state.global_step < trainer.state.max_steps:
+    budget = getattr(trainer, "time_budget", None)
+    if budget is not None and budget.ran_out:
+        logger.info("--max_train_minutes %s: the time budget ended training at step %d of %d (epoch %.2f)",
+                    args.max_train_minutes, trainer.state.global_step, trainer.state.max_steps, trainer.state.epoch)
+    elif trainer.state.global_step < trainer.state.max_steps:
         logger.warning("interrupted at step %d of %d: checkpoint saved in %s; continue with the same command plus "
                        "--resume", trainer.state.global_step, trainer.state.max_steps, args.output_dir)
         run_lock.release(Path(args.output_dir).expanduser())

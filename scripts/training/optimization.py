@@ -78,17 +78,29 @@ class Schedule(LambdaLR):
     state_dict holds it, so that a resumed run goes on from where it stopped."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None,
-                 one_cycle: bool = False):
+                 one_cycle: bool = False, clock: bool = False):
         self.run_fraction = 0.0 if one_cycle else None
+        self.clock_fraction = 0.0 if clock else None
+        self.warmup_steps, self.total_steps = warmup_steps, total_steps
         # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0).
-        super().__init__(optimizer, lambda index: learning_rate_factor(index + 1, warmup_steps, total_steps,
-                                                                      self.run_fraction))
+        super().__init__(optimizer, lambda index: self.factor(index + 1))
+
+    def factor(self, step: int) -> float:
+        """`learning_rate_factor`; with a clock (`clock_fraction`: how much of a time budget is spent, set by the
+        fine-tuning Trainer's `TimeBudget`), the linear decay to 0 of a run of `total_steps` follows whichever of the
+        steps and the clock is further along: the same schedule when the steps end first."""
+        factor = learning_rate_factor(step, self.warmup_steps, self.total_steps, self.run_fraction)
+        if self.clock_fraction is not None and self.total_steps:
+            by_clock = (1.0 - self.clock_fraction) * self.total_steps / max(1, self.total_steps - self.warmup_steps)
+            factor = min(factor, max(0.0, by_clock))
+        return factor
 
 
 def make_schedule(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int | None = None,
-                  one_cycle: bool = False) -> Schedule:
-    """`learning_rate_factor` as a scheduler, stepped once per optimizer step (`one_cycle`: see `Schedule`)."""
-    return Schedule(optimizer, warmup_steps, total_steps, one_cycle)
+                  one_cycle: bool = False, clock: bool = False) -> Schedule:
+    """`learning_rate_factor` as a scheduler, stepped once per optimizer step (`one_cycle`, `clock`: see
+    `Schedule`)."""
+    return Schedule(optimizer, warmup_steps, total_steps, one_cycle, clock)
 
 
 def loop_optimizer(model: torch.nn.Module, args: "LoopArguments", learning_rate: float):

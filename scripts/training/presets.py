@@ -6,9 +6,9 @@ docs/translation.md (multi30k)."""
 import argparse
 
 # train-translation --preset multi30k: Multi30k de->en (29,000 pairs) in 45 minutes of 2 CPU cores in fp32, chosen on
-# the validation split with proxy runs (docs/translation.md, "How the recipe was chosen"). The schedule is one learning-rate cycle
-# that follows the clock, so the run ends annealed whatever the CPU; the same shape suits any corpus of tens of
-# thousands of pairs on a CPU.
+# the validation split with proxy runs (docs/translation.md, "How the recipe was chosen"). The schedule is one
+# learning-rate cycle that follows the clock, so the run ends annealed whatever the CPU; the same shape suits any
+# corpus of tens of thousands of pairs on a CPU.
 MULTI30K_PRESET = {
     "vocab_size": 8000, "d_model": 256, "encoder_layers": 3, "decoder_layers": 3, "attention_heads": 4,
     "ffn_dim": 1024, "dropout": 0.1, "label_smoothing": 0.1, "max_tokens": 1500,

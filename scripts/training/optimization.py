@@ -81,17 +81,17 @@ class Schedule(LambdaLR):
                  one_cycle: bool = False, clock: bool = False):
         self.run_fraction = 0.0 if one_cycle else None
         self.clock_fraction = 0.0 if clock else None
-        self.warmup_steps, self.total_steps = warmup_steps, total_steps
-        # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0).
-        super().__init__(optimizer, lambda index: self.factor(index + 1))
+        # LambdaLR counts scheduler steps from 0; the paper's step_num starts at 1 (no step at learning rate 0). No
+        # attribute is named total_steps: accelerate's scheduler wrapper takes a scheduler that has one for OneCycleLR.
+        super().__init__(optimizer, lambda index: self.factor(index + 1, warmup_steps, total_steps))
 
-    def factor(self, step: int) -> float:
+    def factor(self, step: int, warmup_steps: int, total_steps: int | None) -> float:
         """`learning_rate_factor`; with a clock (`clock_fraction`: how much of a time budget is spent, set by the
         fine-tuning Trainer's `TimeBudget`), the linear decay to 0 of a run of `total_steps` follows whichever of the
         steps and the clock is further along: the same schedule when the steps end first."""
-        factor = learning_rate_factor(step, self.warmup_steps, self.total_steps, self.run_fraction)
-        if self.clock_fraction is not None and self.total_steps:
-            by_clock = (1.0 - self.clock_fraction) * self.total_steps / max(1, self.total_steps - self.warmup_steps)
+        factor = learning_rate_factor(step, warmup_steps, total_steps, self.run_fraction)
+        if self.clock_fraction is not None and total_steps:
+            by_clock = (1.0 - self.clock_fraction) * total_steps / max(1, total_steps - warmup_steps)
             factor = min(factor, max(0.0, by_clock))
         return factor
 

@@ -24,6 +24,9 @@ from .config_checks import (
 )
 
 
+CLASSIFIER_POOLINGS = ("cls", "mean")
+
+
 class VanillaBertConfig(CheckedConfig, PreTrainedConfig):
     r"""
     Args:
@@ -58,6 +61,10 @@ class VanillaBertConfig(CheckedConfig, PreTrainedConfig):
             a padded model computes there. Faster in proportion to the padding; off by default so that every
             output position matches a reference implementation.
         classifier_dropout: dropout before the classification heads; `None` uses `hidden_dropout_prob`.
+        classifier_pooling: what `VanillaBertForSequenceClassification` classifies: `"cls"` (BERT's) is the pooler
+            (dense and tanh) over the [CLS] vector; `"mean"` is the average of the last hidden states over the real
+            (unpadded) tokens, the sentence vector that sentence-embedding checkpoints such as all-MiniLM-L6-v2 were
+            trained to give (the pooler's weights are then kept but unused).
         tie_word_embeddings: share the word embedding matrix with the MLM output projection (BERT does).
         pad_token_id: id of [PAD]; its embedding gets no gradient.
     `num_labels`, `id2label`, `label2id` and `problem_type` (regression, single_label_classification,
@@ -89,6 +96,7 @@ class VanillaBertConfig(CheckedConfig, PreTrainedConfig):
     sparse_prediction: bool = False
     skip_padding: bool = False
     classifier_dropout: float | None = None
+    classifier_pooling: str = "cls"
     tie_word_embeddings: bool = True
     pad_token_id: int | None = 0
 
@@ -100,6 +108,7 @@ class VanillaBertConfig(CheckedConfig, PreTrainedConfig):
         check_attention_shape(self.hidden_size, self.num_attention_heads, self.num_key_value_heads, "attention")
         check_choice("position_embedding_type", self.position_embedding_type, POSITION_EMBEDDING_TYPES)
         check_choice("hidden_act", self.hidden_act, sorted(ACT2FN))
+        check_choice("classifier_pooling", self.classifier_pooling, CLASSIFIER_POOLINGS)
         for name in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
             check_probability(name, getattr(self, name))
         if self.classifier_dropout is not None:

@@ -147,6 +147,11 @@ def convert_bert_to_vanilla(hf_model: PreTrainedModel) -> PreTrainedModel:
 def convert_vanilla_to_bert(model: PreTrainedModel) -> PreTrainedModel:
     """One of our BERT models -> the Hugging Face BERT model with the same head and outputs."""
     target = _check_type(model, VANILLA_TO_HF_CLASS, "convert_vanilla_to_bert")
+    if target is BertForSequenceClassification and model.config.classifier_pooling != "cls":
+        raise ValueError(
+            f"classifier_pooling={model.config.classifier_pooling!r} has no equivalent in Hugging Face BERT, whose "
+            "sequence classifier reads the pooled [CLS] vector"
+        )
     hf_model = _build_like(target, bert_config_from_vanilla(model.config), model)
     state = {_rename(key, to_vanilla=False): value for key, value in model.state_dict().items()}
     if HF_DECODER_BIAS in state:

@@ -257,8 +257,23 @@ class VanillaBertForMaskedLM(VanillaBertPreTrainedModel):
         return output if return_dict else output.to_tuple()
 
 
+def mean_over_tokens(hidden: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """(B, T, D) -> (B, D): each row's average over its real tokens (attention_mask 1; all of them without a mask),
+    as sentence-transformers' mean pooling. A row without real tokens gives 0."""
+    if attention_mask is None:
+        return hidden.mean(dim=1)
+    if attention_mask.dim() != 2:
+        raise ValueError(
+            f"classifier_pooling='mean' averages over the real tokens of a (batch, length) attention mask; got a mask "
+            f"of shape {tuple(attention_mask.shape)}: pass the tokenizer's attention_mask"
+        )
+    weights = attention_mask.to(hidden.dtype).unsqueeze(-1)  # (B, T, 1)
+    return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+
 class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
-    """BERT with a linear classifier (or regressor) on the pooled [CLS] vector."""
+    """BERT with a linear classifier (or regressor) on the pooled [CLS] vector, or on the mean of the last hidden
+    states over the real tokens (`config.classifier_pooling`)."""
 
     def __init__(self, config: VanillaBertConfig):
         super().__init__(config)
@@ -292,7 +307,11 @@ class VanillaBertForSequenceClassification(VanillaBertPreTrainedModel):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        logits = self.classifier(self.dropout(outputs.pooler_output))  # (B, C)
+        if self.config.classifier_pooling == "mean":
+            pooled = mean_over_tokens(outputs.last_hidden_state, attention_mask)
+        else:
+            pooled = outputs.pooler_output
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None
         if labels is not None:
             # transformers' rule: regression if num_labels == 1, else single-label for integer labels, else

@@ -36,6 +36,7 @@ import evaluate
 import numpy as np
 from transformers import AutoConfig, DataCollatorWithPadding, set_seed
 
+from vanilla_transformer.modeling.configuration_vanilla_bert import CLASSIFIER_POOLINGS
 from vanilla_transformer.scripts.training import finetuning_trainer
 from vanilla_transformer.scripts.training.classification_data import (
     choose_classes,
@@ -65,9 +66,18 @@ class FinetuneArguments(CommonArguments):
     text_column: str = field(default="sentence", metadata={"help": "Column of the (first) text."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Column of a second text (pair tasks)."})
     label_column: str = field(default="label", metadata={"help": "Column of the class (integer or string)."})
+    classifier_pooling: str | None = field(
+        default=None, metadata={"help": "What the classifier reads: cls (BERT's pooler over [CLS]) or mean (the "
+                                        "average of the last hidden states, the sentence vector of embedding "
+                                        "checkpoints such as all-MiniLM-L6-v2). Default: the checkpoint's own "
+                                        "(cls for a BERT)."}
+    )
 
     def __post_init__(self):
         super().__post_init__()
+        if self.classifier_pooling is not None and self.classifier_pooling not in CLASSIFIER_POOLINGS:
+            raise ArgumentError(f"--classifier_pooling {self.classifier_pooling}: choose one of "
+                                f"{', '.join(CLASSIFIER_POOLINGS)}")
         columns = [c for c in (self.text_column, self.text_pair_column, self.label_column) if c is not None]
         if len(set(columns)) < len(columns):
             raise ArgumentError(f"--text_column, --text_pair_column and --label_column must differ, got {columns}")
@@ -105,6 +115,8 @@ def run(argv: list[str] | None = None) -> dict:
 
     set_seed(args.seed)
     model, tokenizer = load_model_and_tokenizer(args.model_name_or_path, classes, args.from_scratch)
+    if args.classifier_pooling is not None:
+        model.config.classifier_pooling = args.classifier_pooling
     data = {name: tokenize(splits[name], ids[name], tokenizer, args.max_seq_length) for name in splits}
     logger.info("classes %s; rows %s", classes, {name: len(rows) for name, rows in data.items()})
     record_run(args, "finetune_classification", resume_from, train_digest, classes)

@@ -30,7 +30,9 @@ def expected_scores(folder: Path, rows: list[tuple[str, int]], max_length: int |
             "f1": 2 * true_positives / (2 * true_positives + wrong) if true_positives + wrong else 0.0}
 
 
-def test_finetune_our_checkpoint_on_tsv(tmp_path, finetune_tokenizer, finetune_args, finetune_rows, tiny_bert_config):
+@pytest.mark.parametrize("pooling", [None, "mean"])
+def test_finetune_our_checkpoint_on_tsv(tmp_path, finetune_tokenizer, finetune_args, finetune_rows, tiny_bert_config,
+                                        pooling):
     for split in ("train", "dev", "test"):
         lines = ["sentence\tlabel"] + [f"{text}\t{label}" for text, label in finetune_rows]
         (tmp_path / f"{split}.tsv").write_text("\n".join(lines) + "\n")
@@ -42,6 +44,8 @@ def test_finetune_our_checkpoint_on_tsv(tmp_path, finetune_tokenizer, finetune_a
     args = finetune_args(
         output, train_file=tmp_path / "train.tsv", validation_file=tmp_path / "dev.tsv", test_file=tmp_path / "test.tsv"
     )
+    if pooling is not None:
+        args += ["--classifier_pooling", pooling]
     results = finetune_classification.run(["--model_name_or_path", str(checkpoint), "--max_seq_length", "12", *args])
 
     assert results["train"]["epoch"] == 1.0
@@ -54,6 +58,7 @@ def test_finetune_our_checkpoint_on_tsv(tmp_path, finetune_tokenizer, finetune_a
         "modeling_vanilla_bert.VanillaBertForSequenceClassification"
     )
     assert config["id2label"] == {"0": "0", "1": "1"}
+    assert config["classifier_pooling"] == (pooling or "cls")  # what the saved model reads, hence its scores above
     model = AutoModelForSequenceClassification.from_pretrained(output)
     assert type(model) is VanillaBertForSequenceClassification
     assert (output / "tokenizer.json").is_file() and (output / "modeling_vanilla_bert.py").is_file()
@@ -166,3 +171,11 @@ def test_the_trainer_takes_the_projects_optimizer_and_schedule(tmp_path, finetun
         scheduler.step()
     # warmup 0.2 of 10 steps = 2 steps, then down by 1/8 of the peak a step
     assert rates == pytest.approx([1e-3 * f for f in (0.5, 1, 1, 7 / 8, 6 / 8, 5 / 8, 4 / 8, 3 / 8, 2 / 8, 1 / 8)])
+
+
+def test_an_unknown_classifier_pooling_is_refused_before_any_work(tmp_path):
+    from vanilla_transformer.scripts.training.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="--classifier_pooling max: choose one of cls, mean"):
+        finetune_classification.run(["--model_name_or_path", str(tmp_path), "--output_dir", str(tmp_path / "out"),
+                                     "--train_file", str(tmp_path / "t.tsv"), "--classifier_pooling", "max"])

@@ -174,6 +174,46 @@ def test_mlm_loss_over_num_items_in_batch(tiny_bert_config):
     torch.testing.assert_close(model(**batch, labels=labels, num_items_in_batch=6).loss, mean * 3 / 6)
 
 
+# --- classifier_pooling="mean": the sentence vector of sentence-embedding checkpoints ------------------------------
+
+
+def test_mean_pooling_classifier_reads_sentence_transformers_mean_of_hf_bert(tiny_bert_config):
+    """The classifier reads what sentence-transformers' mean pooling gives over Hugging Face BERT with the same
+    weights (its model card's formula), not the pooled [CLS] vector; padding a row leaves its logits unchanged."""
+    config = tiny_bert_config(num_labels=3, classifier_pooling="mean")
+    model = randomize(VanillaBertForSequenceClassification(config)).eval()
+    hf = convert_vanilla_to_bert(model.bert).eval()
+    batch = inputs()
+    hidden = hf(**batch).last_hidden_state
+    mask = batch["attention_mask"].unsqueeze(-1).expand(hidden.size()).float()
+    sentence = torch.sum(hidden * mask, 1) / torch.clamp(mask.sum(1), min=1e-9)
+    expected = model.classifier(sentence)
+    torch.testing.assert_close(model(**batch).logits, expected, atol=1e-5, rtol=1e-5)
+    short = {key: value[:1, :6] for key, value in batch.items()}  # row 0 without its padding
+    torch.testing.assert_close(model(**short).logits, expected[:1], atol=1e-5, rtol=1e-5)
+    model.config.classifier_pooling = "cls"  # the default reads the pooler: other logits
+    assert not torch.allclose(model(**batch).logits, expected, atol=1e-3)
+
+
+def test_mean_pooling_trains_saves_and_refuses_what_it_cannot_do(tmp_path, tiny_bert_config):
+    model = VanillaBertForSequenceClassification(tiny_bert_config(num_labels=3, classifier_pooling="mean"))
+    batch = inputs()
+    model(**batch, labels=torch.tensor([0, 2, 1])).loss.backward()
+    no_grad = sorted({name.split(".")[1] for name, p in model.named_parameters() if p.grad is None})
+    assert no_grad == ["pooler"]  # kept (checkpoint keys stay those of BERT), unused
+    model.save_pretrained(tmp_path)
+    loaded = VanillaBertForSequenceClassification.from_pretrained(tmp_path).eval()
+    assert loaded.config.classifier_pooling == "mean"
+    torch.testing.assert_close(loaded(**batch).logits, model.eval()(**batch).logits)
+    with pytest.raises(ValueError, match="classifier_pooling='mean' has no equivalent in Hugging Face BERT"):
+        convert_vanilla_to_bert(model)
+    with pytest.raises(ValueError, match=r"classifier_pooling='max' is not supported; choose one of \['cls', 'mean'\]"):
+        VanillaBertConfig(classifier_pooling="max")
+    four_d = torch.ones(3, 1, 10, 10, dtype=torch.bool)
+    with pytest.raises(ValueError, match="averages over the real tokens of a .batch, length. attention mask"):
+        model(input_ids=batch["input_ids"], attention_mask=four_d)
+
+
 # --- properties every model test suite checks --------------------------------------------------------------------
 
 

@@ -55,6 +55,7 @@ from vanilla_transformer.scripts.training.finetuning import (
     record_run,
 )
 from vanilla_transformer.scripts.training.finetuning_trainer import exit_status, save_run, train
+from vanilla_transformer.scripts.training.presets import FINETUNE_PRESETS, check_preset
 from vanilla_transformer.scripts.training.translation_eval import METRICS_DIR
 
 logger = logging.getLogger("finetune_classification")
@@ -66,6 +67,10 @@ class FinetuneArguments(CommonArguments):
     text_column: str = field(default="sentence", metadata={"help": "Column of the (first) text."})
     text_pair_column: str | None = field(default=None, metadata={"help": "Column of a second text (pair tasks)."})
     label_column: str = field(default="label", metadata={"help": "Column of the class (integer or string)."})
+    preset: str | None = field(
+        default=None, metadata={"help": "sst2: the recipe for SST-2 from all-MiniLM-L6-v2 on 2 CPU cores "
+                                        "(training/presets.py); options given beside it win"}
+    )
     classifier_pooling: str | None = field(
         default=None, metadata={"help": "What the classifier reads: cls (BERT's pooler over [CLS]) or mean (the "
                                         "average of the last hidden states, the sentence vector of embedding "
@@ -75,6 +80,8 @@ class FinetuneArguments(CommonArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        if message := check_preset(self.preset, FINETUNE_PRESETS):
+            raise ArgumentError(message)
         if self.classifier_pooling is not None and self.classifier_pooling not in CLASSIFIER_POOLINGS:
             raise ArgumentError(f"--classifier_pooling {self.classifier_pooling}: choose one of "
                                 f"{', '.join(CLASSIFIER_POOLINGS)}")
@@ -102,7 +109,7 @@ def build_trainer(model, tokenizer, data: dict, args: FinetuneArguments):
 
 
 def run(argv: list[str] | None = None) -> dict:
-    args = parse_arguments(FinetuneArguments, __doc__, argv)
+    args = parse_arguments(FinetuneArguments, __doc__, argv, FINETUNE_PRESETS)
     when_interrupted(lambda: kept_in_run_folder(args.output_dir))  # Ctrl-C outside training (Trainer stops by itself)
     # Everything that can be checked is checked before the data is read and the model is loaded.
     resume_from = prepare_run(args, "finetune_classification")

@@ -11,7 +11,8 @@ import torch
 from vanilla_transformer.modeling import VanillaBertForMaskedLM
 from vanilla_transformer.scripts import finetune_classification, train_translation
 from vanilla_transformer.scripts.training.optimization import make_schedule
-from vanilla_transformer.scripts.training.presets import MULTI30K_PRESET
+from vanilla_transformer.scripts.training.finetuning import parse_arguments
+from vanilla_transformer.scripts.training.presets import FINETUNE_PRESETS, MULTI30K_PRESET, SST2_PRESET
 
 SPLITS = ["--train_split", "train", "--validation_split", "val", "--source_lang", "de", "--target_lang", "en"]
 
@@ -31,6 +32,23 @@ def test_multi30k_preset_sets_the_recipe_and_options_given_win(tmp_path):
     assert (args.max_tokens, loop.max_train_minutes, args.d_model) == (2000, 10, MULTI30K_PRESET["d_model"])
     with pytest.raises(ValueError, match="--preset wmt: choose from multi30k"):
         train_translation.parse_args(["--preset", "wmt", *SPLITS, *output])
+
+
+def test_sst2_preset_sets_the_recipe_and_options_given_win(tmp_path):
+    def parse(*argv):
+        return parse_arguments(finetune_classification.FinetuneArguments, "", [
+            "--model_name_or_path", "m", "--output_dir", str(tmp_path / "run"), "--train_file", "t.tsv", *argv],
+            FINETUNE_PRESETS)
+
+    args = parse("--preset", "sst2")
+    assert {name: getattr(args, name) for name in SST2_PRESET} == SST2_PRESET
+    assert args.classifier_pooling == "mean" and args.max_train_minutes <= 30
+    plain = parse()  # without the preset, the script's own defaults
+    assert (plain.per_device_train_batch_size, plain.classifier_pooling, plain.max_train_minutes) == (64, None, None)
+    args = parse("--per_device_train_batch_size", "16", "--preset", "sst2", "--classifier_pooling", "cls")
+    assert (args.per_device_train_batch_size, args.classifier_pooling, args.max_train_minutes) == (16, "cls", 27)
+    with pytest.raises(ValueError, match="--preset glue: choose from sst2"):
+        parse("--preset", "glue")
 
 
 def _rates(schedule, optimizer, clock=None) -> list[float]:

@@ -53,6 +53,7 @@ from vanilla_transformer.scripts.training.model_folders import (
     check_writable_dir,
 )
 from vanilla_transformer.scripts.training.precision import check_mixed_precision
+from vanilla_transformer.scripts.training.presets import apply_preset
 from vanilla_transformer.scripts.training.run_folder import CHANGEABLE_ON_RESUME, check_resumed_arguments
 
 logger = logging.getLogger("finetuning")
@@ -176,9 +177,13 @@ def read_splits(args: FinetuneArguments, from_file, from_hub) -> tuple[dict, str
     return {split: rows.head(args.limit(split)) for split, rows in splits.items()}, digest
 
 
-def parse_arguments(arguments_class: type, description: str, argv: list[str] | None):
+def parse_arguments(arguments_class: type, description: str, argv: list[str] | None,
+                    presets: dict[str, dict] | None = None):
+    """The command's options; with `presets`, those of a --preset NAME become the defaults (given options win)."""
     parser = HfArgumentParser(arguments_class, description=description,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    if presets:
+        apply_preset(parser, argv, presets)
     (args,) = parse_options(parser, argv)  # a misspelled option: the usual one-line error
     logging.basicConfig(format="%(asctime)s %(name)s: %(message)s", level=logging.INFO)
     return args

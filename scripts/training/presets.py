@@ -1,7 +1,7 @@
 """Named recipes, `--preset NAME`: the defaults that measurement chose for a task, so that the documented command is
 short and a user copies one name rather than twenty options. A preset only changes defaults: an option given beside
 it wins. Each preset's runs (the candidates, the proxies, what each gave on a held-out split) are in its page:
-docs/translation.md (multi30k)."""
+docs/translation.md (multi30k), docs/finetuning.md (sst2)."""
 
 import argparse
 
@@ -17,6 +17,15 @@ MULTI30K_PRESET = {
     "num_beams": 4, "length_penalties": [1.0, 0.6, 0.8, 1.2],
 }
 TRANSLATION_PRESETS = {"multi30k": MULTI30K_PRESET}
+
+# finetune-classification --preset sst2: SST-2 from a small sentence-embedding checkpoint (all-MiniLM-L6-v2) in at
+# most 30 minutes of 2 CPU cores in fp32, chosen on sentences held out of the training split with their phrases
+# (benchmarks/sst2_heldout.py; docs/finetuning.md, "Choosing on a slice of the training data").
+SST2_PRESET = {
+    "per_device_train_batch_size": 32, "classifier_pooling": "mean", "max_train_minutes": 27.0,
+    "mixed_precision": "no",
+}
+FINETUNE_PRESETS = {"sst2": SST2_PRESET}
 
 
 def apply_preset(parser: argparse.ArgumentParser, argv: list[str] | None, presets: dict[str, dict]) -> None:

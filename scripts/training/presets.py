@@ -22,8 +22,8 @@ TRANSLATION_PRESETS = {"multi30k": MULTI30K_PRESET}
 # most 30 minutes of 2 CPU cores in fp32, chosen on sentences held out of the training split with their phrases
 # (benchmarks/sst2_heldout.py; docs/finetuning.md, "Choosing on a slice of the training data").
 SST2_PRESET = {
-    "per_device_train_batch_size": 32, "classifier_pooling": "mean", "max_train_minutes": 27.0,
-    "mixed_precision": "no",
+    "per_device_train_batch_size": 32, "classifier_pooling": "mean", "num_train_epochs": 2.0,
+    "max_train_minutes": 27.0, "mixed_precision": "no",
 }
 FINETUNE_PRESETS = {"sst2": SST2_PRESET}
 

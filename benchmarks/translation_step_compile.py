@@ -9,7 +9,7 @@ compiled (inductor, `dynamic=True`), in the same process, from the same initial 
 that computed something else would be no speed-up).
 
     python benchmarks/translation_step_compile.py --tokenizer outputs/multi30k/final \\
-        --data_dir ../shared/data/multi30k --threads 2 --steps 60 --out benchmarks/translation_step_compile.json
+        --data_dir ../shared/data/multi30k --threads 2 --steps 30 --warmup 3 --out benchmarks/translation_step_compile.json
 
 Timings depend on the machine and on what else runs; the ratio between the two sides, measured in one run, is the
 figure (docs/translation.md, "How the recipe was chosen").
